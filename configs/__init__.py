@@ -1,0 +1,1 @@
+"""ml_collections config files for smtc_jax; `base.get_config()` holds the paper's values."""

@@ -1,0 +1,187 @@
+"""The three SMTC objectives (paper Sec. 3.4, eq. 8-13) as pure functions.
+
+Inputs are the model's output dicts (see `smtc_jax.models.smtc`). All losses
+run in float32. Every frame-pair sum is computed for all pairs at once.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from ott.geometry import geometry
+from ott.problems.linear import linear_problem
+from ott.solvers.linear import sinkhorn
+
+from smtc_jax.matching import bipartite_match
+
+
+def frame_pairs(num_frames: int, include_same: bool = False):
+  """Ordered frame pairs (t, j) as two int arrays, t != j unless include_same."""
+  pairs = [(t, j) for t, j in itertools.product(range(num_frames), repeat=2)
+           if include_same or t != j]
+  if not pairs:
+    return np.zeros((0,), np.int32), np.zeros((0,), np.int32)
+  first, second = np.asarray(pairs, dtype=np.int32).T
+  return first, second
+
+
+def l2_normalize(x, axis=-1, eps=1e-12):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+
+
+def sinkhorn_plan(cost, a, b, *, epsilon: float, num_iters: int):
+  """Entropic OT plan (n, m) for `cost` (n, m) and marginals a (n,), b (m,).
+
+  Runs exactly `num_iters` Sinkhorn-Knopp iterations with OTT-JAX in log
+  domain, each iteration scaling rows first and then columns (the order of the
+  authors' code: after any number of iterations the column sums equal b). No
+  gradient flows through the plan.
+  """
+  cost, a, b = jax.lax.stop_gradient((cost, a, b))
+  # OTT updates the column potential first; solving the transposed problem
+  # makes its first update the rows of ours.
+  geom = geometry.Geometry(cost_matrix=cost.T, epsilon=epsilon)
+  problem = linear_problem.LinearProblem(geom, a=b, b=a)
+  solver = sinkhorn.Sinkhorn(
+      lse_mode=True, inner_iterations=1, min_iterations=num_iters,
+      max_iterations=num_iters, implicit_diff=None)
+  return jax.lax.stop_gradient(solver(problem).matrix.T)
+
+
+def _marginals(features, mode: str):
+  """Sinkhorn marginals for tokens (..., L, D): uniform (eq. 8) or the L1 norms
+  of the L2-normalised tokens, normalised to sum 1 (authors' code)."""
+  if mode == "uniform":
+    shape = features.shape[:-1]
+    return jnp.full(shape, 1.0 / shape[-1], jnp.float32)
+  if mode == "feature_norm":
+    mass = jnp.abs(l2_normalize(features)).sum(-1)
+    return mass / mass.sum(-1, keepdims=True)
+  raise ValueError(f"loss.sinkhorn_marginals must be 'uniform' or 'feature_norm', got {mode!r}")
+
+
+def semantic_alignment_loss(student_logits, teacher_logits, teacher_features, *,
+                            epsilon: float, num_iters: int, marginals: str, eps: float):
+  """L_sem (eq. 8-9), averaged over clips and ordered frame pairs t != j.
+
+  student_logits, teacher_logits: (B, T, N, L) stage-1 logits;
+  teacher_features: (B, T, L, D). The patch correspondence pi_tj comes from the
+  teacher's features with cost 1 - cos (= -C_tj on unit features up to a constant).
+  """
+  _, t, _, _ = student_logits.shape
+  first, second = frame_pairs(t)
+  if first.size == 0:
+    return jnp.zeros((), jnp.float32)
+  feats = l2_normalize(jax.lax.stop_gradient(teacher_features).astype(jnp.float32))
+  cost = 1.0 - jnp.einsum("bkud,bkvd->bkuv", feats[:, first], feats[:, second])
+  a = _marginals(feats[:, first], marginals)  # (B, K, L)
+  b = _marginals(feats[:, second], marginals)
+  solve = lambda c, x, y: sinkhorn_plan(c, x, y, epsilon=epsilon, num_iters=num_iters)
+  plan = jax.vmap(jax.vmap(solve))(cost, a, b)  # (B, K, L, L)
+  log_student = jnp.log(jax.nn.softmax(student_logits[:, first], axis=2) + eps)  # (B, K, N, L)
+  teacher = jax.lax.stop_gradient(jax.nn.softmax(teacher_logits[:, second], axis=2))
+  cross_entropy = -jnp.einsum("bknu,bknv->bkuv", log_student, teacher)
+  return jnp.mean(jnp.sum(plan * cross_entropy, axis=(-2, -1)))
+
+
+def mask_regularization_loss(semantic_masks, eps: float):
+  """L_reg (eq. 10): mean cosine similarity between different semantic masks.
+
+  semantic_masks: (B, T, N, L) probabilities. Averaged over clips, frames and
+  the N(N-1) ordered pairs; zero when N = 1.
+  """
+  n = semantic_masks.shape[2]
+  if n < 2:
+    return jnp.zeros((), jnp.float32)
+  masks = l2_normalize(semantic_masks + eps)
+  gram = jnp.einsum("btnl,btml->btnm", masks, masks)
+  off_diagonal = 1.0 - jnp.eye(n)
+  return jnp.sum(gram * off_diagonal) / (off_diagonal.sum() * gram.shape[0] * gram.shape[1])
+
+
+def valid_instances(semantic_masks, semantic_slots, instance_slots, *,
+                    mask_tau: float, tau1: float, tau2: float, use_area: bool = True):
+  """Valid-instance indicator I_t (eq. 11): (B, T, N, P) in {0, 1}.
+
+  Instance (n, p) is valid when semantic n's binarised mask (probability >
+  mask_tau) covers at least tau1 of the frame and cos(S[n], O[n, p]) >= tau2.
+  `use_area=False` drops the first criterion (instance stage only: no masks).
+  """
+  similarity = jnp.einsum("btnd,btnpd->btnp", l2_normalize(semantic_slots),
+                          l2_normalize(instance_slots))
+  valid = similarity >= tau2
+  if use_area:
+    area = jnp.mean((semantic_masks > mask_tau).astype(jnp.float32), axis=-1)  # (B, T, N)
+    valid = valid & (area >= tau1)[..., None]
+  return jax.lax.stop_gradient(valid.astype(jnp.float32))
+
+
+def object_consistency_loss(objects, teacher_objects, valid, teacher_valid, *,
+                            form: str, margin: float, cosine_margin: float,
+                            same_frame_pairs: bool):
+  """L_obj (eq. 12) over frame pairs, normalised by the number of valid student
+  instances.
+
+  objects, teacher_objects: (B, T, N, P, D) unit vectors; valid, teacher_valid:
+  (B, T, N, P). Instances are matched per semantic by exact bipartite matching
+  on 1 - cos. `form='l2_margin'` (paper): I_t * (I_j[match] * ||o - o_match||
+  + sum_{q != match} relu(margin - ||o - o_q||)); `form='cosine'` (code):
+  I_t * (mean_{q != match} relu(cos_q - cosine_margin) - I_j[match] * cos_match).
+  """
+  _, t, _, p, _ = objects.shape
+  first, second = frame_pairs(t, include_same=same_frame_pairs)
+  if first.size == 0:
+    return jnp.zeros((), jnp.float32)
+  student = objects[:, first].astype(jnp.float32)  # (B, K, N, P, D)
+  teacher = jax.lax.stop_gradient(teacher_objects[:, second]).astype(jnp.float32)
+  valid_s = valid[:, first]  # (B, K, N, P)
+  valid_t = teacher_valid[:, second]
+  similarity = jnp.einsum("bknpd,bknqd->bknpq", student, teacher)
+  match = bipartite_match(jax.lax.stop_gradient(1.0 - similarity))  # (B, K, N, P)
+  positive = jax.nn.one_hot(match, p, dtype=jnp.float32)  # (B, K, N, P, Q)
+  negative = 1.0 - positive
+  valid_match = jnp.take_along_axis(valid_t, match, axis=-1)
+  if form == "l2_margin":
+    sq = (jnp.sum(student**2, -1)[..., None] + jnp.sum(teacher**2, -1)[..., None, :]
+          - 2.0 * similarity)
+    distance = jnp.sqrt(jnp.maximum(sq, 0.0) + 1e-12)
+    pull = jnp.sum(positive * distance, -1)
+    push = jnp.sum(negative * jax.nn.relu(margin - distance), -1)
+    per_instance = valid_match * pull + push
+  elif form == "cosine":
+    pull = -jnp.sum(positive * similarity, -1)
+    push = jnp.sum(negative * jax.nn.relu(similarity - cosine_margin), -1) / max(p - 1, 1)
+    per_instance = push + valid_match * pull
+  else:
+    raise ValueError(f"loss.instance_form must be 'l2_margin' or 'cosine', got {form!r}")
+  return jnp.sum(valid_s * per_instance) / jnp.maximum(jnp.sum(valid_s), 1.0)
+
+
+def smtc_loss(student, teacher, config: ml_collections.ConfigDict):
+  """Total loss of eq. 13 and its terms: (total, {'sem', 'reg', 'obj', 'valid'}).
+
+  `valid` is the fraction of valid student instances (a metric, not a loss).
+  """
+  l, m = config.loss, config.model
+  has_semantics = m.stages != "instance"
+  zero = jnp.zeros((), jnp.float32)
+  if not has_semantics and (l.sem_weight or l.reg_weight):
+    raise ValueError("model.stages='instance' has no semantic masks: set loss.sem_weight "
+                     "and loss.reg_weight to 0")
+  sem = semantic_alignment_loss(
+      student["semantic_logits"], teacher["semantic_logits"], teacher["features"],
+      epsilon=l.sinkhorn_epsilon, num_iters=l.sinkhorn_iters,
+      marginals=l.sinkhorn_marginals, eps=l.eps) if l.sem_weight else zero
+  reg = mask_regularization_loss(student["semantic_masks"], l.eps) if l.reg_weight else zero
+  validity = lambda out: valid_instances(
+      out["semantic_masks"], out["semantic_slots"], out["instance_slots"],
+      mask_tau=l.valid_mask_tau, tau1=l.tau1, tau2=l.tau2, use_area=has_semantics)
+  valid, teacher_valid = validity(student), validity(teacher)
+  obj = object_consistency_loss(
+      student["objects"], teacher["objects"], valid, teacher_valid,
+      form=l.instance_form, margin=l.margin, cosine_margin=l.cosine_margin,
+      same_frame_pairs=l.obj_same_frame_pairs) if l.obj_weight else zero
+  total = l.sem_weight * sem + l.reg_weight * reg + l.obj_weight * obj
+  return total, {"sem": sem, "reg": reg, "obj": obj, "valid": jnp.mean(valid)}

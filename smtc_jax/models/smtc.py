@@ -1,0 +1,172 @@
+"""The SMTC model (paper Sec. 3.1-3.3): encoder -> correlation -> fusion ->
+semantic-aware masked slot attention -> object projection.
+
+`SMTC.__call__(clip, instance_noise=None)` takes a clip (B, T, H, W, 3) of
+normalised frames and returns a dict (shapes with L = h * w tokens):
+  features         (B, T, L, D)     encoder features F_t, before fusion
+  semantic_logits  (B, T, N, L)     last stage-1 logits (Q K^T / sqrt(D))
+  semantic_masks   (B, T, N, L)     softmax over N of the logits: M of eq. 4
+  semantic_binary  (B, T, N, L)     M-tilde of eq. 7
+  semantic_slots   (B, T, N, D)     S
+  instance_logits  (B, T, N, P, L)  last stage-2 logits
+  instance_masks   (B, T, N, P, L)  softmax over P within each semantic
+  object_masks     (B, T, N, P, L)  semantic_masks * instance_masks (inference)
+  instance_slots   (B, T, N, P, D)  O
+  objects          (B, T, N, P, D)  projected, L2-normalised O for L_obj
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from smtc_jax.models.slot_attention import MLP, SemanticAwareSlotAttention
+from smtc_jax.models.vit import VisionTransformer
+
+RNG_INSTANCE = "instance"  # rng stream for the Gaussian samples of stage 2
+RNG_PARTNER = "partner"  # rng stream for the random partner frame j != t
+
+
+def partner_indices(rng, batch: int, num_frames: int, mode: str):
+  """Index j of the partner frame for every (clip, frame t): (B, T) int32."""
+  t = jnp.arange(num_frames)
+  if mode == "previous":  # code: roll by one, frame 0 pairs with the last
+    return jnp.broadcast_to((t - 1) % num_frames, (batch, num_frames))
+  if mode == "random":  # paper: j drawn uniformly from the other T-1 frames
+    if num_frames == 1:
+      return jnp.zeros((batch, 1), jnp.int32)
+    offset = jax.random.randint(rng, (batch, num_frames), 1, num_frames)
+    return (t[None] + offset) % num_frames
+  raise ValueError(f"model.corr_partner must be 'random' or 'previous', got {mode!r}")
+
+
+def resize_grid(feats, grid):
+  """Bilinear resize of (N, h, w, D) features to grid (gh, gw), without
+  antialiasing, as torch's F.interpolate(mode='bilinear') does."""
+  n, h, w, d = feats.shape
+  if (h, w) == tuple(grid):
+    return feats
+  return jax.image.resize(feats, (n, *grid, d), "bilinear", antialias=False)
+
+
+class ObjectHead(nn.Module):
+  """MLP D -> ratio*D -> D on instance slots, then L2 normalisation."""
+  ratio: int = 2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = MLP(self.ratio * x.shape[-1], self.dtype, name="mlp")(x).astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class SMTC(nn.Module):
+  """Encoder + correlation fusion + two-stage slot attention (see module doc)."""
+  encoder: nn.Module
+  slot_attention: SemanticAwareSlotAttention
+  features: str = "tokens"  # tokens | last_keys
+  corr_partner: str = "random"
+  corr_grid: tuple[int, int] = (16, 16)
+  fusion: str = "paper"  # paper | reference
+  slot_input: str = "fused"  # fused | rgb | correlation
+  object_head_ratio: int = 2
+  dtype: Any = jnp.float32
+
+  def encode(self, clip):
+    """Encoder features (B, T, h, w, D) of every frame of the clip."""
+    b, t, height, width, c = clip.shape
+    out = self.encoder(clip.reshape(b * t, height, width, c))
+    if self.features == "tokens":
+      feats = out["tokens"]
+    elif self.features == "last_keys":
+      feats = out["keys"]
+    else:
+      raise ValueError(f"model.features must be 'tokens' or 'last_keys', got {self.features!r}")
+    return feats.reshape(b, t, *feats.shape[1:])
+
+  def fuse(self, feats, partner):
+    """R_t = h_f(F_t) + h_c(C_tj) (eq. 2-3). feats: (B, T, h, w, D); partner: (B, T)."""
+    b, t, h, w, d = feats.shape
+    grid = resize_grid(feats.reshape(b * t, h, w, d), self.corr_grid)
+    grid = grid.reshape(b, t, -1, d)  # (B, T, G, D)
+    partner_feats = jnp.take_along_axis(grid, partner[:, :, None, None], axis=1)
+    tokens = feats.reshape(b, t, h * w, d)
+    corr = jnp.einsum("btld,btgd->btlg", tokens, partner_feats)  # C_tj, (B, T, L, G)
+    h_c = nn.Dense(d, dtype=self.dtype, name="h_c")(corr)  # linear over the G axis
+    if self.fusion == "paper":
+      h_f = nn.Dense(d, dtype=self.dtype, name="h_f")(tokens)
+    elif self.fusion == "reference":
+      h_f = tokens  # code: identity
+    else:
+      raise ValueError(f"model.fusion must be 'paper' or 'reference', got {self.fusion!r}")
+    if self.slot_input == "fused":
+      return h_f + h_c
+    if self.slot_input == "rgb":
+      return h_f
+    if self.slot_input == "correlation":
+      return h_c
+    raise ValueError(f"model.slot_input must be 'fused', 'rgb' or 'correlation', got {self.slot_input!r}")
+
+  @nn.compact
+  def __call__(self, clip, instance_noise=None, partner=None):
+    # clip: (B, T, H, W, 3); instance_noise: (B, T, N, P, D) or None (drawn from
+    # the 'instance' rng); partner: (B, T) int or None (from corr_partner).
+    b, t = clip.shape[:2]
+    feats = self.encode(clip)
+    d = feats.shape[-1]
+    n, p = self.slot_attention.num_semantics, self.slot_attention.num_instances
+    if partner is None:
+      rng = self.make_rng(RNG_PARTNER) if self.corr_partner == "random" else None
+      partner = partner_indices(rng, b, t, self.corr_partner)
+    fused = self.fuse(feats, partner)  # (B, T, L, D)
+    if instance_noise is None:
+      instance_noise = jax.random.normal(self.make_rng(RNG_INSTANCE), (b, t, n, p, d))
+    slots = self.slot_attention(fused.reshape(b * t, -1, d),
+                                instance_noise.reshape(b * t, n, p, d))
+    out = {k: v.reshape(b, t, *v.shape[1:]) for k, v in slots.items()}
+    out["features"] = feats.reshape(b, t, -1, d).astype(jnp.float32)
+    out["semantic_masks"] = jax.nn.softmax(out["semantic_logits"], axis=2)
+    out["instance_masks"] = jax.nn.softmax(out["instance_logits"], axis=3)
+    out["object_masks"] = out["semantic_masks"][:, :, :, None] * out["instance_masks"]
+    out["objects"] = ObjectHead(self.object_head_ratio, self.dtype, name="object_head")(
+        out["instance_slots"])
+    return out
+
+
+def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
+  """The encoder named by `config.model.encoder`."""
+  m = config.model
+  dtype = jnp.dtype(m.dtype)
+  if m.encoder == "vit":
+    v = m.vit
+    return VisionTransformer(
+        patch_size=v.patch_size, dim=v.dim, depth=v.depth, num_heads=v.num_heads,
+        mlp_ratio=v.mlp_ratio, qkv_bias=v.qkv_bias, pretrain_grid=v.pretrain_grid,
+        layer_norm_eps=v.layer_norm_eps, remat=m.get("remat", False), dtype=dtype)
+  raise ValueError(f"model.encoder must be 'vit', got {m.encoder!r}")
+
+
+def encoder_stride(config: ml_collections.ConfigDict) -> int:
+  """Pixels per feature cell of the configured encoder."""
+  return config.model.vit.patch_size
+
+
+def build_model(config: ml_collections.ConfigDict) -> SMTC:
+  """SMTC from a config; the correlation grid is the training token grid."""
+  m = config.model
+  dtype = jnp.dtype(m.dtype)
+  stride = encoder_stride(config)
+  slot_attention = SemanticAwareSlotAttention(
+      num_semantics=m.num_semantics, num_instances=m.num_instances,
+      num_iterations=m.num_iterations, slot_update=m.slot_update,
+      mlp_min_hidden=m.mlp_min_hidden, attn_eps=m.attn_eps,
+      mask_threshold_on=m.mask_threshold_on, tau=m.tau, stages=m.stages,
+      sample_grad=m.sample_grad, detach_trick=m.detach_trick, dtype=dtype)
+  return SMTC(
+      encoder=build_encoder(config), slot_attention=slot_attention,
+      features=m.features, corr_partner=m.corr_partner,
+      corr_grid=tuple(r // stride for r in config.data.resolution),
+      fusion=m.fusion, slot_input=m.slot_input,
+      object_head_ratio=m.object_head_ratio, dtype=dtype)

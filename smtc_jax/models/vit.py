@@ -1,0 +1,158 @@
+"""Vision Transformer in DINO's layout (patch embedding, CLS token, learned
+position embeddings, pre-norm blocks), returning patch tokens and last-block keys.
+
+Parameter names mirror DINO's `vision_transformer.py` so that conversion is a
+rename: `patch_embed`, `cls_token`, `pos_embed`, `blocks_{i}/{norm1,attn/qkv,
+attn/proj,norm2,mlp/fc1,mlp/fc2}`, `norm`.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# PyTorch's bicubic kernel parameter (upsample_bicubic2d); jax.image uses -0.5.
+TORCH_BICUBIC_A = -0.75
+# DINO adds 0.1 to the target grid before computing the interpolation scale
+# factor, to avoid floating point error in PyTorch's output-size computation.
+DINO_SCALE_OFFSET = 0.1
+
+
+def _cubic_weights(t: np.ndarray, a: float) -> np.ndarray:
+  """Weights of the 4 taps at offsets -1, 0, 1, 2 for fractional position t."""
+
+  def near(x):  # |x| <= 1
+    return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+
+  def far(x):  # 1 < |x| < 2
+    return ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+
+  return np.stack([far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)], axis=-1)
+
+
+def torch_bicubic_matrix(n_in: int, n_out: int, scale: float) -> np.ndarray:
+  """(n_out, n_in) matrix equal to F.interpolate(mode='bicubic', scale_factor=scale,
+  align_corners=False) along one axis: source x = (i + 0.5) / scale - 0.5, border
+  samples clamped, cubic kernel with a = -0.75."""
+  dst = np.arange(n_out, dtype=np.float64)
+  src = (dst + 0.5) / scale - 0.5  # cubic mode does not clamp negative sources.
+  base = np.floor(src)
+  weights = _cubic_weights(src - base, TORCH_BICUBIC_A)  # (n_out, 4)
+  matrix = np.zeros((n_out, n_in), dtype=np.float64)
+  for tap in range(4):
+    idx = np.clip(base.astype(np.int64) - 1 + tap, 0, n_in - 1)
+    np.add.at(matrix, (np.arange(n_out), idx), weights[:, tap])
+  return matrix
+
+
+def interpolate_pos_embed(patch_pos: jax.Array, grid: int, h: int, w: int) -> jax.Array:
+  """Resize a (grid*grid, D) patch position embedding to (h*w, D) as DINO does."""
+  if (h, w) == (grid, grid):
+    return patch_pos
+  rows = torch_bicubic_matrix(grid, h, (h + DINO_SCALE_OFFSET) / grid)
+  cols = torch_bicubic_matrix(grid, w, (w + DINO_SCALE_OFFSET) / grid)
+  table = patch_pos.reshape(grid, grid, -1)
+  # Separable: resize rows, then columns (float64 matrices cast to the table dtype).
+  out = jnp.einsum("hy,yxd->hxd", jnp.asarray(rows, patch_pos.dtype), table,
+                   precision=jax.lax.Precision.HIGHEST)
+  out = jnp.einsum("wx,hxd->hwd", jnp.asarray(cols, patch_pos.dtype), out,
+                   precision=jax.lax.Precision.HIGHEST)
+  return out.reshape(h * w, -1)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention; also returns the keys, heads concatenated."""
+  num_heads: int
+  qkv_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    # x: (B, L, D)
+    b, l, d = x.shape
+    head_dim = d // self.num_heads
+    qkv = nn.Dense(3 * d, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
+    q, k, v = jnp.split(qkv, 3, axis=-1)  # each (B, L, D), heads contiguous.
+    split = lambda t: t.reshape(b, l, self.num_heads, head_dim)
+    logits = jnp.einsum("blhc,bmhc->bhlm", split(q), split(k)) * head_dim**-0.5
+    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    out = jnp.einsum("bhlm,bmhc->blhc", attn, split(v)).reshape(b, l, d)
+    return nn.Dense(d, dtype=self.dtype, name="proj")(out), k
+
+
+class Mlp(nn.Module):
+  hidden: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    x = nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x)
+    x = nn.gelu(x, approximate=False)  # torch.nn.GELU is the exact erf form.
+    return nn.Dense(d, dtype=self.dtype, name="fc2")(x)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: x + attn(LN(x)); x + mlp(LN(x))."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  layer_norm_eps: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_eps, dtype=self.dtype)
+    y, keys = Attention(self.num_heads, self.qkv_bias, self.dtype, name="attn")(norm(name="norm1")(x))
+    x = x + y
+    hidden = int(x.shape[-1] * self.mlp_ratio)
+    x = x + Mlp(hidden, self.dtype, name="mlp")(norm(name="norm2")(x))
+    return x, keys
+
+
+class VisionTransformer(nn.Module):
+  """DINO-layout ViT. Input (B, H, W, 3) normalised images, H and W multiples of
+  the patch size. Returns {'tokens', 'keys': (B, h, w, D), 'cls': (B, D)}."""
+  patch_size: int = 16
+  dim: int = 384
+  depth: int = 12
+  num_heads: int = 6
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  pretrain_grid: int = 14
+  layer_norm_eps: float = 1e-6
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    # images: (B, H, W, 3)
+    b, height, width, _ = images.shape
+    p = self.patch_size
+    if height % p or width % p:
+      raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {p}")
+    h, w = height // p, width // p
+    x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                name="patch_embed")(images.astype(self.dtype))
+    x = x.reshape(b, h * w, self.dim)
+    init = nn.initializers.truncated_normal(0.02)
+    cls = self.param("cls_token", init, (1, 1, self.dim))
+    pos = self.param("pos_embed", init, (1, 1 + self.pretrain_grid**2, self.dim))
+    patch_pos = interpolate_pos_embed(pos[0, 1:], self.pretrain_grid, h, w)
+    pos = jnp.concatenate([pos[0, :1], patch_pos], axis=0)[None]
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim)).astype(self.dtype), x], axis=1)
+    x = x + pos.astype(self.dtype)
+    block_cls = nn.remat(Block) if self.remat else Block
+    keys = None
+    for i in range(self.depth):
+      x, keys = block_cls(self.num_heads, self.mlp_ratio, self.qkv_bias, self.layer_norm_eps,
+                          self.dtype, name=f"blocks_{i}")(x)
+    x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
+    return {
+        "tokens": x[:, 1:].reshape(b, h, w, self.dim),
+        "keys": keys[:, 1:].reshape(b, h, w, self.dim),
+        "cls": x[:, 0],
+    }

@@ -1,0 +1,154 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from smtc_jax import losses
+from smtc_jax.models import smtc
+from tests.conftest import model_rngs
+
+
+def _plain_sinkhorn(cost, a, b, epsilon, iters):
+  """Direct Sinkhorn-Knopp formula: u = a / Kv, v = b / K^T u, plan = u K v."""
+  kernel = np.exp(-cost / epsilon)
+  v = np.ones_like(b)
+  for _ in range(iters):
+    u = a / (kernel @ v)
+    v = b / (kernel.T @ u)
+  return u[:, None] * kernel * v[None, :]
+
+
+def _unit_tokens(seed, shape):
+  x = np.random.default_rng(seed).normal(size=shape)
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("marginals", ["uniform", "feature_norm"])
+def test_sinkhorn_plan_marginals_at_paper_sizes(marginals):
+  # HW = 256 tokens (16x16 grid at 256x256), epsilon 0.05, the config's iterations.
+  loss_config = base.get_config().loss
+  feats = _unit_tokens(0, (2, 256, 384)).astype(np.float32)
+  cost = 1.0 - feats[0] @ feats[1].T
+  a = np.asarray(losses._marginals(jnp.asarray(feats[0]), marginals))
+  b = np.asarray(losses._marginals(jnp.asarray(feats[1]), marginals))
+  plan = np.asarray(jax.jit(lambda c, x, y: losses.sinkhorn_plan(
+      c, x, y, epsilon=loss_config.sinkhorn_epsilon, num_iters=loss_config.sinkhorn_iters))(cost, a, b))
+  assert np.abs(plan.sum(1) - a).max() <= 1e-3 * a.min()
+  assert np.abs(plan.sum(0) - b).max() <= 1e-3 * b.min()
+  assert (plan >= 0).all()
+
+
+def test_sinkhorn_plan_equals_the_direct_formula_after_three_iterations():
+  feats = _unit_tokens(1, (2, 64, 16))
+  cost = 1.0 - feats[0] @ feats[1].T
+  rng = np.random.default_rng(2)
+  a, b = rng.uniform(0.5, 1.5, 64), rng.uniform(0.5, 1.5, 64)
+  a, b = a / a.sum(), b / b.sum()
+  expected = _plain_sinkhorn(cost, a, b, 0.05, 3)
+  got = np.asarray(losses.sinkhorn_plan(jnp.asarray(cost, jnp.float32), jnp.asarray(a, jnp.float32),
+                                        jnp.asarray(b, jnp.float32), epsilon=0.05, num_iters=3))
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-9)
+
+
+def test_sinkhorn_plan_passes_no_gradient():
+  cost = jnp.asarray(_unit_tokens(3, (8, 8)), jnp.float32)
+  a = jnp.full((8,), 1 / 8)
+  grad = jax.grad(lambda c: jnp.sum(losses.sinkhorn_plan(c, a, a, epsilon=0.05, num_iters=5) * c))(cost)
+  # Only the explicit factor c contributes: d/dc sum(plan * c) = plan.
+  np.testing.assert_allclose(grad, losses.sinkhorn_plan(cost, a, a, epsilon=0.05, num_iters=5), rtol=1e-6)
+
+
+def _one_hot_logits(labels, n, scale=30.0):
+  return scale * jax.nn.one_hot(labels, n, axis=-2)
+
+
+def test_semantic_alignment_is_minimal_for_consistent_masks_and_grows_when_shuffled():
+  t, l, n = 3, 16, 4
+  # Orthogonal token features: the plan is (almost exactly) the identity / L.
+  feats = jnp.broadcast_to(jnp.eye(l), (1, t, l, l))
+  labels = jnp.asarray(np.random.default_rng(0).integers(0, n, (1, t, l)).astype(np.int32))
+  labels = jnp.broadcast_to(labels[:, :1], labels.shape)  # same labels in every frame
+  teacher = _one_hot_logits(labels, n)
+  kw = dict(epsilon=0.05, num_iters=50, marginals="uniform", eps=1e-8)
+  consistent = losses.semantic_alignment_loss(teacher, teacher, feats, **kw)
+  shuffled = losses.semantic_alignment_loss(_one_hot_logits((labels + 1) % n, n), teacher, feats, **kw)
+  assert consistent < 1e-3
+  assert shuffled > 1.0
+
+
+def test_mask_regularization_is_zero_for_orthogonal_and_one_for_identical_masks():
+  orthogonal = jax.nn.one_hot(jnp.arange(8) % 4, 4, axis=0)[None, None]  # (1, 1, 4, 8)
+  assert abs(float(losses.mask_regularization_loss(orthogonal, eps=0.0))) < 1e-6
+  identical = jnp.full((1, 2, 4, 8), 0.25)
+  np.testing.assert_allclose(losses.mask_regularization_loss(identical, eps=1e-8), 1.0, rtol=1e-6)
+  assert float(losses.mask_regularization_loss(jnp.ones((1, 1, 1, 8)), eps=1e-8)) == 0.0
+
+
+def test_valid_instances_need_area_and_similarity():
+  masks = jnp.zeros((1, 1, 2, 10)).at[0, 0, 0, :3].set(1.0).at[0, 0, 1, :1].set(1.0)
+  semantic = jnp.asarray([[[[1.0, 0.0], [1.0, 0.0]]]])  # (1, 1, 2, 2)
+  instance = jnp.asarray([[[[[1.0, 0.1], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]]]])  # (1, 1, 2, 2, 2)
+  valid = losses.valid_instances(masks, semantic, instance, mask_tau=0.5, tau1=0.2, tau2=0.5)
+  # semantic 0 covers 30% >= 20%: instance 0 (cos ~1) valid, instance 1 (cos 0) not;
+  # semantic 1 covers 10%: nothing valid.
+  np.testing.assert_array_equal(valid[0, 0], [[1.0, 0.0], [0.0, 0.0]])
+  no_area = losses.valid_instances(masks, semantic, instance, mask_tau=0.5, tau1=0.2, tau2=0.5,
+                                   use_area=False)
+  np.testing.assert_array_equal(no_area[0, 0], [[1.0, 0.0], [1.0, 1.0]])
+
+
+@pytest.mark.parametrize("form,minimum", [("l2_margin", 0.0), ("cosine", -1.0)])
+def test_object_loss_is_minimal_for_identical_student_and_teacher(form, minimum):
+  b, t, n, p, d = 1, 3, 2, 3, 8
+  objects = jnp.broadcast_to(jnp.eye(p, d), (b, t, n, p, d))  # orthogonal unit vectors
+  valid = jnp.ones((b, t, n, p))
+  kw = dict(form=form, margin=1.0, cosine_margin=0.5, same_frame_pairs=False)
+  best = losses.object_consistency_loss(objects, objects, valid, valid, **kw)
+  np.testing.assert_allclose(best, minimum, atol=1e-5)
+  # A permuted teacher is matched back: same loss.
+  permuted = objects[..., ::-1, :]
+  np.testing.assert_allclose(losses.object_consistency_loss(objects, permuted, valid, valid, **kw),
+                             minimum, atol=1e-5)
+  # Moving the student away from the teacher costs.
+  rotated = jnp.broadcast_to(jnp.roll(jnp.eye(p, d), 1, axis=-1) * 0.6 + jnp.eye(p, d) * 0.8,
+                             objects.shape)
+  assert losses.object_consistency_loss(rotated, objects, valid, valid, **kw) > minimum + 0.05
+
+
+def test_object_loss_ignores_invalid_student_instances_and_counts_valid_ones():
+  b, t, n, p, d = 1, 2, 1, 2, 4
+  objects = jnp.broadcast_to(jnp.eye(p, d), (b, t, n, p, d))
+  far = jnp.broadcast_to(jnp.eye(p, d)[::-1] * -1.0, objects.shape)
+  valid = jnp.zeros((b, t, n, p))
+  kw = dict(form="l2_margin", margin=1.0, cosine_margin=0.5, same_frame_pairs=False)
+  assert float(losses.object_consistency_loss(far, objects, valid, valid, **kw)) == 0.0
+  one_valid = valid.at[0, 0, 0, 0].set(1.0)
+  # Student (0,0) = -e1 matches the teacher's nearest slot; distance to e_1 is 2.
+  value = float(losses.object_consistency_loss(far, objects, one_valid, jnp.ones_like(valid), **kw))
+  assert value > 1.0
+
+
+def test_all_losses_are_finite_with_finite_gradients_at_initialisation(tiny_config):
+  model = smtc.build_model(tiny_config)
+  clip = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 32, 32, 3))
+  variables = model.init(model_rngs(0), clip)
+
+  @jax.jit
+  def loss_fn(params):
+    student = model.apply({"params": params}, clip, rngs=model_rngs(1))
+    teacher = model.apply({"params": params}, clip * 0.9, rngs=model_rngs(2))
+    return losses.smtc_loss(student, jax.lax.stop_gradient(teacher), tiny_config)
+
+  (total, terms), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+  for name, value in {"total": total, **terms}.items():
+    assert np.isfinite(float(value)), name
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+  assert np.abs(np.asarray(grads["slot_attention"]["mu"])).max() > 0
+
+
+def test_instance_only_stage_needs_semantic_losses_off(tiny_config):
+  tiny_config.model.stages = "instance"
+  dummy = {"semantic_logits": jnp.zeros((1, 2, 4, 16))}
+  with pytest.raises(ValueError, match="sem_weight"):
+    losses.smtc_loss(dummy, dummy, tiny_config)

@@ -1,0 +1,71 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from smtc_jax.models import vit
+
+
+def _count(params):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def test_vit_s16_parameter_count_matches_dino():
+  # DINO ViT-S/16 without a head: patch embedding 295,296 + cls 384 + position
+  # 197*384 + 12 blocks of 1,774,464 + final norm 768 = 21,665,664.
+  model = vit.VisionTransformer()
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
+  count = _count(shapes["params"])
+  print(f"ViT-S/16 encoder parameters: {count:,} ({count / 1e6:.2f}M)")
+  assert abs(count - 21.7e6) <= 0.1e6
+  assert count == 21_665_664
+
+
+def test_vit_returns_tokens_keys_and_cls_on_a_non_square_grid():
+  model = vit.VisionTransformer(patch_size=8, dim=16, depth=2, num_heads=2, pretrain_grid=4)
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 24, 40, 3))
+  variables = model.init(jax.random.PRNGKey(1), images)
+  out = model.apply(variables, images)
+  assert out["tokens"].shape == (2, 3, 5, 16)
+  assert out["keys"].shape == (2, 3, 5, 16)
+  assert out["cls"].shape == (2, 16)
+  assert all(np.isfinite(np.asarray(x)).all() for x in out.values())
+
+
+def test_last_keys_are_the_key_slice_of_the_last_qkv_projection():
+  model = vit.VisionTransformer(patch_size=8, dim=16, depth=2, num_heads=2, pretrain_grid=2)
+  images = jax.random.normal(jax.random.PRNGKey(0), (1, 16, 16, 3))
+  variables = model.init(jax.random.PRNGKey(1), images)
+  _, state = model.apply(variables, images, capture_intermediates=True)
+  # Recompute keys from the last block's normalised input.
+  block_in = state["intermediates"]["blocks_0"]["__call__"][0][0]
+  p = variables["params"]["blocks_1"]
+  mean = block_in.mean(-1, keepdims=True)
+  var = block_in.var(-1, keepdims=True)
+  normed = (block_in - mean) / jnp.sqrt(var + 1e-6) * p["norm1"]["scale"] + p["norm1"]["bias"]
+  qkv = normed @ p["attn"]["qkv"]["kernel"] + p["attn"]["qkv"]["bias"]
+  expected = qkv[:, 1:, 16:32].reshape(1, 2, 2, 16)
+  np.testing.assert_allclose(model.apply(variables, images)["keys"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bicubic_matrix_is_identity_at_scale_one_and_preserves_constants():
+  np.testing.assert_allclose(vit.torch_bicubic_matrix(7, 7, 1.0), np.eye(7), atol=1e-12)
+  for n_in, n_out in [(14, 16), (14, 30), (14, 53), (14, 8)]:
+    matrix = vit.torch_bicubic_matrix(n_in, n_out, (n_out + 0.1) / n_in)
+    assert matrix.shape == (n_out, n_in)
+    np.testing.assert_allclose(matrix.sum(1), 1.0, atol=1e-12)
+
+
+def test_bicubic_upsampling_matches_pytorch_values():
+  # torch.nn.functional.interpolate(torch.tensor([[[[0., 1., 3., 2.]]]]),
+  # scale_factor=(1, 2), mode="bicubic") as printed by PyTorch 2.13; the
+  # a = -0.75 kernel overshoots, unlike jax.image.resize's a = -0.5.
+  expected = np.array([-0.10546875, 0.15625, 0.5625, 1.59375,
+                       2.6875, 2.984375, 2.296875, 1.89453125])
+  got = vit.torch_bicubic_matrix(4, 8, 2.0) @ np.array([0.0, 1.0, 3.0, 2.0])
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_position_embedding_is_untouched_on_the_pretraining_grid():
+  table = jax.random.normal(jax.random.PRNGKey(0), (16, 8))
+  np.testing.assert_array_equal(vit.interpolate_pos_embed(table, 4, 4, 4), table)
+  assert vit.interpolate_pos_embed(table, 4, 3, 7).shape == (21, 8)
