@@ -102,7 +102,73 @@ def get_data_config() -> ml_collections.ConfigDict:
   d.resolution = (256, 256)
   d.mean = (0.485, 0.456, 0.406)  # ImageNet statistics (training and evaluation).
   d.std = (0.229, 0.224, 0.225)
+  # Where the training videos come from (Sec. 4.1: YouTube-VOS frame folders).
+  d.source = "frames"  # frames | tfds | synthetic
+  d.path = ""  # frames: the dataset root; synthetic: where to generate ("" = workdir)
+  d.layout = "youtube_vos"  # davis | youtube_vos
+  d.split = "train"
+  d.tfds_name = "davis"
+  d.tfds_data_dir = ""
+  d.tfds_frames_key = "video/frames"
+  d.batch_size = 128  # the GLOBAL batch, split over all processes (Sec. 4.2)
+  d.num_workers = 8  # grain worker processes per host (0 = decode in the main process)
+  d.prefetch = 2
+  # Augmentation (Sec. 4.2 and the code): crop and flip shared by the student and
+  # teacher views, colour jitter / grayscale / blur drawn per view.
+  a = d.augment = ml_collections.ConfigDict()
+  a.crop_scale = (0.35, 1.0)
+  a.crop_ratio = (3 / 4, 4 / 3)
+  a.hflip_prob = 0.5
+  a.jitter_prob = 0.8
+  a.jitter = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+  a.gray_prob = 0.2
+  a.blur_prob = 0.5
+  a.blur_sigma = (0.1, 2.0)
+  a.blur_kernel_frac = 0.1  # kernel size ~ 10% of the side
+  # The procedural set (smtc_jax/data/synthetic.py), used when source='synthetic'.
+  s = d.synthetic = ml_collections.ConfigDict()
+  s.num_train = 48
+  s.num_val = 8
+  s.num_frames = 24
+  s.size = 128
+  s.max_objects = 4
+  s.seed = 0
   return d
+
+
+def get_optim_config() -> ml_collections.ConfigDict:
+  """AdamW (Sec. 4.2) with the code's schedule and parameter groups."""
+  o = ml_collections.ConfigDict()
+  o.learning_rate = 2e-4  # for the global batch of 128 (Sec. 4.2)
+  o.final_lr_ratio = 0.1  # cosine from lr to 0.1 lr (code)
+  o.warmup_steps = 0
+  o.weight_decay = 0.1  # code's value; none on biases and 1-D parameters
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.eps = 1e-8
+  o.encoder_lr_mult = 1.0  # code: 0.01
+  o.grad_iter = 0  # steps with the encoder frozen (code's faster recipe: 3000)
+  o.grad_clip_norm = 0.0  # 0 = no clipping
+  return o
+
+
+def get_train_config() -> ml_collections.ConfigDict:
+  t = ml_collections.ConfigDict()
+  t.num_steps = 30000  # code's num_train_steps
+  t.ema_momentum = 0.999  # m of eq. 14
+  t.ema_scope = "all"  # all (paper) | non_encoder (code: teacher encoder stays at init)
+  t.log_every = 50
+  t.checkpoint_every = 1000
+  t.keep_checkpoints = 3
+  t.async_checkpoints = True
+  return t
+
+
+def get_init_config() -> ml_collections.ConfigDict:
+  i = ml_collections.ConfigDict()
+  i.checkpoint = ""  # an Orbax params checkpoint (smtc_jax.convert or --mode=export)
+  i.scope = "encoder"  # encoder | all: which parameters it provides
+  return i
 
 
 def get_eval_config() -> ml_collections.ConfigDict:
@@ -121,4 +187,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss = get_loss_config()
   config.data = get_data_config()
   config.eval = get_eval_config()
+  config.optim = get_optim_config()
+  config.train = get_train_config()
+  config.init = get_init_config()
   return config

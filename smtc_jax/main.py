@@ -1,9 +1,14 @@
-"""The one entry point: python -m smtc_jax.main --config configs/X.py --workdir DIR.
+"""The one entry point:
 
-Modes: demo (a forward pass of the configured model on a random clip).
+  python -m smtc_jax.main --config configs/X.py --workdir DIR [--mode train|export]
+                          [--config.section.field=value ...]
+
+train: trains (resuming from DIR's latest checkpoint); export: writes the latest
+checkpoint's student and teacher parameters to DIR/export (or --export_dir).
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -13,32 +18,48 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the resolved config.")
-flags.DEFINE_enum("mode", "demo", ["demo"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "export"], "What to run.")
+flags.DEFINE_string("export_dir", None, "Where --mode=export writes (default: WORKDIR/export).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def run_demo(config, workdir: str) -> None:
-  """Forward one random clip through the configured model and print the shapes."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from smtc_jax.models import smtc  # pylint: disable=g-import-not-at-top
-
+def run_export(config, workdir: str, export_dir: str | None) -> None:
+  """Params-only export (student and teacher) of the latest checkpoint."""
+  # pylint: disable=g-import-not-at-top
+  from smtc_jax import checkpoint, sharding, train
+  from smtc_jax.models import smtc
   model = smtc.build_model(config)
-  d = config.data
-  clip = jax.random.normal(jax.random.PRNGKey(config.seed), (1, d.num_frames, *d.resolution, 3))
-  rngs = dict(zip(("params", "instance", "partner"), jax.random.split(jax.random.PRNGKey(0), 3)))
-  variables = jax.jit(model.init)(rngs, clip)
-  out = jax.jit(model.apply)(variables, clip, rngs=rngs)
-  for name, value in sorted(out.items()):
-    print(f"{name:16s} {tuple(value.shape)}")
-  os.makedirs(workdir, exist_ok=True)
+  optimizer = train.make_optimizer(config)
+  state, _ = train.create_state(config, model, optimizer, sharding.make_mesh())
+  manager = checkpoint.make_manager(workdir, config)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}")
+  state, _ = checkpoint.restore_latest(manager, state)
+  out = checkpoint.export_params(state, export_dir or os.path.join(workdir, checkpoint.EXPORT_DIR))
+  print(f"exported step {int(state.step)} to {out}")
+
+
+def parse_flags(argv):
+  """absl flag parsing, with a one-line error for a bad --config override."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    sys.exit(f"error: bad command line ({type(e).__name__}: {e}); config overrides given: "
+             f"{overrides or 'none'}. Unknown keys are not accepted: check the field names in "
+             f"configs/base.py.")
 
 
 def main(argv):
   del argv
-  logging.info("config:\n%s", FLAGS.config)
-  if FLAGS.mode == "demo":
-    run_demo(FLAGS.config, FLAGS.workdir)
+  config = FLAGS.config
+  logging.info("config:\n%s", config)
+  if FLAGS.mode == "train":
+    from smtc_jax import train  # pylint: disable=g-import-not-at-top
+    train.train_and_evaluate(config, FLAGS.workdir)
+  elif FLAGS.mode == "export":
+    run_export(config, FLAGS.workdir, FLAGS.export_dir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

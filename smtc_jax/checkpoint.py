@@ -1,0 +1,104 @@
+"""Orbax checkpoints: the train state and the grain iterator together, resume
+from the latest, params-only export for evaluation, and init from a params
+checkpoint (an export, or a converted PyTorch model)."""
+
+import os
+
+from absl import logging
+import flax
+import grain
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+EXPORT_DIR = "export"
+
+
+def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  t = config.train
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=t.keep_checkpoints, enable_async_checkpointing=t.async_checkpoints)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+                               options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_iter, *, every: int,
+         force: bool = False) -> bool:
+  """Save state and data iterator every `every` steps, or when forced."""
+  if not (force or step % every == 0):
+    return False
+  return manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)),
+                      force=force)
+
+
+def restore_latest(manager: ocp.CheckpointManager, state, data_iter=None):
+  """(state, data_iter) from the latest checkpoint, or the given ones if there is
+  none. Without `data_iter` only the state is read."""
+  step = manager.latest_step()
+  if step is None:
+    return state, data_iter
+  logging.info("resuming from %s step %d", manager.directory, step)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  items = {"state": ocp.args.StandardRestore(abstract)}
+  if data_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  return restored["state"], restored.get("data", data_iter)
+
+
+def export_params(state, directory: str) -> str:
+  """Write {'params': student, 'ema_params': teacher} as an Orbax checkpoint.
+  Refuses to overwrite an existing export."""
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory):
+    raise FileExistsError(f"{directory} exists; remove it or export elsewhere")
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(directory, {"params": state.params, "ema_params": state.ema_params})
+  checkpointer.wait_until_finished()
+  return directory
+
+
+def load_params(directory: str) -> dict:
+  """The params tree of an export / converted checkpoint, as numpy arrays."""
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"params checkpoint {directory} does not exist")
+  tree = ocp.StandardCheckpointer().restore(directory)
+  return jax.tree.map(np.asarray, tree)
+
+
+def _check_same_shapes(name: str, expected, given, origin: str) -> None:
+  exp = flax.traverse_util.flatten_dict(flax.core.unfreeze(expected), sep="/")
+  got = flax.traverse_util.flatten_dict(flax.core.unfreeze(given), sep="/")
+  missing = sorted(set(exp) - set(got))
+  unknown = sorted(set(got) - set(exp))
+  wrong = sorted(k for k in set(exp) & set(got) if tuple(exp[k].shape) != tuple(got[k].shape))
+  if missing or unknown or wrong:
+    raise ValueError(f"{origin}: {name} does not fit the model: missing {missing[:8]}, "
+                     f"unknown {unknown[:8]}, wrong shapes "
+                     f"{[(k, tuple(got[k].shape), tuple(exp[k].shape)) for k in wrong[:8]]}")
+
+
+def load_init_params(state, directory: str, scope: str):
+  """Replace the student's and teacher's parameters in `scope` ('encoder' or
+  'all') by those of a params checkpoint."""
+  tree = load_params(directory)
+  params = tree.get("params", tree)
+  if scope == "encoder":
+    if "encoder" not in params:
+      raise ValueError(f"{directory}: no 'encoder' parameters (top-level keys: {sorted(params)})")
+    _check_same_shapes("encoder", state.params["encoder"], params["encoder"], directory)
+    place = lambda p, x: {**p, "encoder": jax.tree.map(
+        lambda old, new: jax.device_put(np.asarray(new, old.dtype), old.sharding),
+        p["encoder"], x["encoder"])}
+  elif scope == "all":
+    _check_same_shapes("params", state.params, params, directory)
+    place = lambda p, x: jax.tree.map(
+        lambda old, new: jax.device_put(np.asarray(new, old.dtype), old.sharding), p, x)
+  else:
+    raise ValueError(f"init.scope must be 'encoder' or 'all', got {scope!r}")
+  logging.info("initialised %s parameters from %s", scope, directory)
+  return state.replace(params=place(state.params, params), ema_params=place(state.ema_params, params))

@@ -1,0 +1,1 @@
+"""Input pipeline: video sources (frame folders, TFDS), the synthetic video set, grain pipeline."""

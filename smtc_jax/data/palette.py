@@ -1,0 +1,41 @@
+"""The DAVIS / PASCAL VOC colour palette and palette-PNG reading and writing."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def davis_palette() -> np.ndarray:
+  """(256, 3) uint8 palette of the DAVIS annotations (the PASCAL VOC bit-spread map)."""
+  palette = np.zeros((256, 3), np.uint8)
+  for index in range(256):
+    label, r, g, b = index, 0, 0, 0
+    for shift in range(7, -1, -1):
+      r |= ((label >> 0) & 1) << shift
+      g |= ((label >> 1) & 1) << shift
+      b |= ((label >> 2) & 1) << shift
+      label >>= 3
+    palette[index] = (r, g, b)
+  return palette
+
+
+def write_palette_png(path: str, labels: np.ndarray) -> None:
+  """Write (H, W) integer labels as an indexed PNG with the DAVIS palette."""
+  if labels.max(initial=0) > 255 or labels.min(initial=0) < 0:
+    raise ValueError(f"{path}: labels must lie in 0..255, got {labels.min()}..{labels.max()}")
+  image = Image.fromarray(labels.astype(np.uint8), mode="P")
+  image.putpalette(davis_palette().reshape(-1).tolist())
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  image.save(path)
+
+
+def read_palette_png(path: str) -> np.ndarray:
+  """(H, W) uint8 label indices of a palette PNG (not its colours)."""
+  try:
+    with Image.open(path) as image:
+      if image.mode != "P":
+        raise ValueError(f"{path}: expected a palette (mode 'P') PNG, got mode {image.mode!r}")
+      return np.asarray(image, dtype=np.uint8)
+  except OSError as e:
+    raise ValueError(f"{path}: cannot read annotation ({e})") from e

@@ -1,0 +1,196 @@
+"""The grain training pipeline: clip sampling, augmentation, batching, sharding.
+
+Element k of the (infinite, per-epoch reshuffled) dataset is a function of
+(seed, k) alone, and step s of process p reads elements
+[s * local_batch, (s + 1) * local_batch) of the slice `[p::process_count]`, so
+the batches are deterministic given (seed, step), on any number of workers.
+Each clip yields two views, 'student' and 'teacher' (T, H, W, 3) uint8: the
+geometric augmentation (random resized crop, flip) is shared by both views so
+their tokens correspond, the photometric one (colour jitter, grayscale, blur)
+is drawn per view; every augmentation is identical across the frames of a clip.
+"""
+
+import dataclasses
+import os
+
+import grain
+import ml_collections
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from smtc_jax.data import sources
+from smtc_jax.data import synthetic
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+  """Clip sampling and augmentation parameters (config.data and config.data.augment)."""
+  num_frames: int
+  gap: int
+  resolution: tuple[int, int]
+  crop_scale: tuple[float, float]
+  crop_ratio: tuple[float, float]
+  hflip_prob: float
+  jitter_prob: float
+  jitter: tuple[float, float, float, float]  # brightness, contrast, saturation, hue
+  gray_prob: float
+  blur_prob: float
+  blur_sigma: tuple[float, float]
+  blur_kernel_frac: float
+
+  @classmethod
+  def from_config(cls, data: ml_collections.ConfigDict) -> "ClipSpec":
+    a = data.augment
+    return cls(num_frames=data.num_frames, gap=data.gap, resolution=tuple(data.resolution),
+               crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio),
+               hflip_prob=a.hflip_prob, jitter_prob=a.jitter_prob, jitter=tuple(a.jitter),
+               gray_prob=a.gray_prob, blur_prob=a.blur_prob, blur_sigma=tuple(a.blur_sigma),
+               blur_kernel_frac=a.blur_kernel_frac)
+
+
+def clip_indices(num_available: int, num_frames: int, gap: int, rng) -> np.ndarray:
+  """T frame indices at stride `gap` around a random centre; the stride shrinks
+  for videos too short for it (as the authors' code does)."""
+  if num_available < num_frames:
+    raise ValueError(f"video has {num_available} frames, a clip needs {num_frames}")
+  if num_frames > 1:
+    gap = max(1, min(gap, (num_available - 1) // (num_frames - 1)))
+  span = (num_frames - 1) * gap
+  start = int(rng.integers(0, num_available - span))
+  return start + gap * np.arange(num_frames)
+
+
+def random_crop_box(height: int, width: int, scale, ratio, rng):
+  """(top, left, h, w) of a random resized crop (torchvision's sampling)."""
+  area = height * width
+  for _ in range(10):
+    target = area * rng.uniform(*scale)
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    w = int(round(np.sqrt(target * aspect)))
+    h = int(round(np.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+  side = min(height, width)  # fallback: central square crop
+  return (height - side) // 2, (width - side) // 2, side, side
+
+
+def _grayscale(x):
+  """Luma of (..., 3) floats, kept as 3 channels."""
+  gray = x @ np.array([0.299, 0.587, 0.114], np.float32)
+  return np.repeat(gray[..., None], 3, axis=-1)
+
+
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
+                        [0.211, -0.523, 0.312]], np.float32)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+
+
+def _rotate_hue(x, shift: float):
+  """Hue rotation by `shift` turns, as a rotation of the chroma plane in YIQ."""
+  c, s = np.cos(2 * np.pi * shift), np.sin(2 * np.pi * shift)
+  rotation = np.array([[1, 0, 0], [0, c, -s], [0, s, c]], np.float32)
+  return x @ (_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ).T
+
+
+def photometric(frames, spec: ClipSpec, rng):
+  """Colour jitter (random order), grayscale and Gaussian blur on (T, H, W, 3)
+  floats in [0, 1], the same draw for every frame."""
+  x = frames
+  if rng.uniform() < spec.jitter_prob:
+    b, c, s, h = spec.jitter
+    for op in rng.permutation(4):
+      if op == 0:
+        x = x * rng.uniform(1 - b, 1 + b)
+      elif op == 1:
+        mean = _grayscale(x)[..., 0].mean(axis=(1, 2), keepdims=True)[..., None]
+        factor = rng.uniform(1 - c, 1 + c)
+        x = x * factor + mean * (1 - factor)
+      elif op == 2:
+        factor = rng.uniform(1 - s, 1 + s)
+        x = x * factor + _grayscale(x) * (1 - factor)
+      else:
+        x = _rotate_hue(x, rng.uniform(-h, h))
+      x = np.clip(x, 0.0, 1.0)
+  if rng.uniform() < spec.gray_prob:
+    x = _grayscale(x)
+  if rng.uniform() < spec.blur_prob:
+    sigma = rng.uniform(*spec.blur_sigma)
+    radius = int(spec.blur_kernel_frac * min(x.shape[1:3])) // 2
+    if radius >= 1:
+      x = ndimage.gaussian_filter(x, sigma=(0, sigma, sigma, 0), truncate=radius / sigma)
+  return x
+
+
+class SampleClip(grain.transforms.RandomMap):
+  """Video record -> {'student', 'teacher': (T, H, W, 3) uint8} augmented views."""
+
+  def __init__(self, spec: ClipSpec):
+    self.spec = spec
+
+  def _frames(self, video, indices):
+    frames = video["frames"]
+    if isinstance(frames, np.ndarray):
+      return [frames[i] for i in indices]
+    return [sources.load_frame(frames[i]) for i in indices]
+
+  def random_map(self, video, rng):
+    spec = self.spec
+    indices = clip_indices(len(video["frames"]), spec.num_frames, spec.gap, rng)
+    frames = self._frames(video, indices)
+    height, width = frames[0].shape[:2]
+    if any(f.shape[:2] != (height, width) for f in frames):
+      raise ValueError(f"video {video['name']}: frames of different sizes")
+    top, left, h, w = random_crop_box(height, width, spec.crop_scale, spec.crop_ratio, rng)
+    out_h, out_w = spec.resolution
+    clip = np.stack([
+        np.asarray(Image.fromarray(f[top:top + h, left:left + w]).resize(
+            (out_w, out_h), Image.BILINEAR)) for f in frames]).astype(np.float32) / 255.0
+    if rng.uniform() < spec.hflip_prob:
+      clip = clip[:, :, ::-1]
+    views = {name: photometric(clip, spec, rng) for name in ("student", "teacher")}
+    return {k: np.round(v * 255.0).astype(np.uint8) for k, v in views.items()}
+
+
+def make_source(config: ml_collections.ConfigDict, workdir: str):
+  """The training video source named by config.data.source."""
+  d = config.data
+  if d.source == "synthetic":
+    root = d.path or os.path.join(workdir, "synthetic_data")
+    spec = synthetic.SyntheticSpec(**d.synthetic.to_dict())
+    synthetic.ensure_synthetic_davis(root, spec)
+    return sources.FrameFolderSource(root, "davis", d.split, d.num_frames)
+  if d.source == "frames":
+    if not d.path:
+      raise ValueError("data.source='frames' needs data.path (a DAVIS or YouTube-VOS folder)")
+    return sources.FrameFolderSource(d.path, d.layout, d.split, d.num_frames)
+  if d.source == "tfds":
+    return sources.tfds_source(d.tfds_name, d.split, d.tfds_data_dir or None, d.num_frames,
+                               d.tfds_frames_key)
+  raise ValueError(f"data.source must be 'synthetic', 'frames' or 'tfds', got {d.source!r}")
+
+
+def local_batch_size(global_batch: int, process_count: int) -> int:
+  if global_batch % process_count:
+    raise ValueError(f"data.batch_size={global_batch} (the global batch) is not divisible by "
+                     f"the {process_count} processes")
+  return global_batch // process_count
+
+
+def build_dataset(source, spec: ClipSpec, *, seed: int, global_batch: int,
+                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  """Batched, infinite MapDataset of this process's share of every global batch."""
+  local = local_batch_size(global_batch, process_count)
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+  ds = ds.random_map(SampleClip(spec), seed=seed)
+  ds = ds[process_index::process_count]
+  return ds.batch(local, drop_remainder=True)
+
+
+def make_iterator(dataset: grain.MapDataset, num_workers: int, prefetch: int = 2):
+  """A checkpointable iterator; `num_workers` > 0 decodes in worker processes."""
+  ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(1, prefetch),
+                                                 prefetch_buffer_size=prefetch))
+  if num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(ds)

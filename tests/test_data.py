@@ -1,0 +1,143 @@
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from smtc_jax.data import palette, pipeline, sources, synthetic
+
+SMALL = synthetic.SyntheticSpec(num_train=6, num_val=2, num_frames=16, size=48, seed=3)
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+  return synthetic.ensure_synthetic_davis(str(tmp_path_factory.mktemp("data") / "synth"), SMALL)
+
+
+def _spec(**overrides):
+  config = tiny.get_config()
+  return dataclasses.replace(pipeline.ClipSpec.from_config(config.data), **overrides)
+
+
+def test_synthetic_set_has_the_davis_layout_and_is_deterministic(synthetic_root, tmp_path):
+  with open(os.path.join(synthetic_root, synthetic.IMAGESET_DIR, "train.txt")) as f:
+    names = f.read().split()
+  assert len(names) == SMALL.num_train
+  video = names[0]
+  frames = sources.list_frames(os.path.join(synthetic_root, synthetic.IMAGE_DIR, video))
+  assert len(frames) == SMALL.num_frames and frames[0].endswith("00000.jpg")
+  labels = palette.read_palette_png(os.path.join(synthetic_root, synthetic.ANNOTATION_DIR, video,
+                                                 "00000.png"))
+  assert labels.shape == (SMALL.size, SMALL.size)
+  again = synthetic.ensure_synthetic_davis(str(tmp_path / "again"), SMALL)
+  for name in names:
+    for f in ("00000.png", "00009.png"):
+      np.testing.assert_array_equal(
+          palette.read_palette_png(os.path.join(again, synthetic.ANNOTATION_DIR, name, f)),
+          palette.read_palette_png(os.path.join(synthetic_root, synthetic.ANNOTATION_DIR, name, f)))
+
+
+def test_synthetic_videos_have_repeated_categories_and_occlusion():
+  rng = np.random.default_rng(0)
+  spec = synthetic.SyntheticSpec(size=64, num_frames=12)
+  repeated = occluded = 0
+  for _ in range(20):
+    frames, labels, objects = synthetic.generate_video(rng, spec)
+    assert frames.shape == (12, 64, 64, 3) and labels.shape == (12, 64, 64)
+    assert 1 <= len(objects) <= 4
+    assert set(np.unique(labels)) <= {0, *objects}
+    categories = list(objects.values())
+    repeated += len(set(categories)) < len(categories)
+    # An instance visible in one frame and shrunk in another is (partly) hidden.
+    for instance in objects:
+      area = (labels == instance).sum(axis=(1, 2))
+      occluded += area.min() < 0.8 * area.max()
+  assert repeated >= 3
+  assert occluded >= 3
+
+
+def test_clip_indices_use_the_stride_and_shrink_it_for_short_videos():
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    idx = pipeline.clip_indices(30, 4, 4, rng)
+    np.testing.assert_array_equal(np.diff(idx), 4)
+    assert idx[0] >= 0 and idx[-1] < 30
+  short = pipeline.clip_indices(7, 4, 4, rng)
+  np.testing.assert_array_equal(np.diff(short), 2)
+  with pytest.raises(ValueError, match="3 frames"):
+    pipeline.clip_indices(3, 4, 4, rng)
+
+
+def test_pipeline_batches_have_the_right_shapes_and_are_deterministic(synthetic_root):
+  source = sources.FrameFolderSource(synthetic_root, "davis", "train", 3)
+  spec = _spec()
+  ds = pipeline.build_dataset(source, spec, seed=5, global_batch=4)
+  first = ds[0]
+  assert set(first) == {"student", "teacher"}
+  for view in first.values():
+    assert view.shape == (4, 3, 32, 32, 3) and view.dtype == np.uint8
+  again = pipeline.build_dataset(source, spec, seed=5, global_batch=4)[0]
+  np.testing.assert_array_equal(first["student"], again["student"])
+  other = pipeline.build_dataset(source, spec, seed=6, global_batch=4)[0]
+  assert np.abs(other["student"].astype(int) - first["student"]).max() > 0
+
+
+def test_process_shards_together_hold_the_global_batch(synthetic_root):
+  source = sources.FrameFolderSource(synthetic_root, "davis", "train", 3)
+  spec = _spec()
+  whole = pipeline.build_dataset(source, spec, seed=1, global_batch=4)
+  parts = [pipeline.build_dataset(source, spec, seed=1, global_batch=4, process_index=p,
+                                  process_count=2) for p in range(2)]
+  for step in range(2):
+    merged = np.concatenate([parts[0][step]["teacher"], parts[1][step]["teacher"]])
+    expected = whole[step]["teacher"]
+    # Process p holds elements p, p + 2, ...: the same clips in another order.
+    np.testing.assert_array_equal(np.sort(merged.reshape(4, -1), axis=0),
+                                  np.sort(expected.reshape(4, -1), axis=0))
+
+
+def test_augmentation_is_identical_across_frames_and_geometry_is_shared_by_views():
+  video = {"name": "static", "frames": np.repeat(
+      np.random.default_rng(0).integers(0, 255, (1, 40, 40, 3), dtype=np.uint8), 6, axis=0)}
+  transform = pipeline.SampleClip(_spec())
+  for seed in range(10):
+    out = transform.random_map(video, np.random.default_rng(seed))
+    for view in out.values():  # same input frame -> same augmented frame
+      for t in range(1, view.shape[0]):
+        np.testing.assert_array_equal(view[t], view[0])
+  geometric_only = pipeline.SampleClip(_spec(jitter_prob=0.0, gray_prob=0.0, blur_prob=0.0))
+  out = geometric_only.random_map(video, np.random.default_rng(0))
+  np.testing.assert_array_equal(out["student"], out["teacher"])
+  views = pipeline.SampleClip(_spec(jitter_prob=1.0)).random_map(video, np.random.default_rng(0))
+  assert np.abs(views["student"].astype(int) - views["teacher"]).max() > 0
+
+
+def test_iterator_state_restores_the_same_next_batch(synthetic_root):
+  source = sources.FrameFolderSource(synthetic_root, "davis", "train", 3)
+  ds = pipeline.build_dataset(source, _spec(), seed=2, global_batch=2)
+  it = pipeline.make_iterator(ds, num_workers=0)
+  next(it), next(it)
+  state = it.get_state()
+  expected = next(it)
+  resumed = pipeline.make_iterator(ds, num_workers=0)
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)["student"], expected["student"])
+
+
+def test_bad_inputs_give_errors_that_name_the_file(tmp_path, synthetic_root):
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    sources.FrameFolderSource(str(tmp_path / "nowhere"), "davis", "train", 3)
+  # Too-short videos are skipped and counted; none usable is an error.
+  with pytest.raises(ValueError, match="no video has the 17 frames"):
+    sources.FrameFolderSource(synthetic_root, "davis", "train", SMALL.num_frames + 1)
+  root = tmp_path / "yt"
+  for name, count in [("long", 5), ("short", 2)]:
+    folder = root / "train" / "JPEGImages" / name
+    folder.mkdir(parents=True)
+    for i in range(count):
+      (folder / f"{i:05d}.jpg").write_bytes(b"not a jpeg")
+  source = sources.FrameFolderSource(str(root), "youtube_vos", "train", 4)
+  assert len(source) == 1 and source.skipped == ["short"]
+  with pytest.raises(ValueError, match="00001.jpg|00000.jpg"):
+    pipeline.SampleClip(_spec(num_frames=4, gap=1)).random_map(source[0], np.random.default_rng(0))

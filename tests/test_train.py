@@ -1,0 +1,190 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from smtc_jax import sharding, train
+from smtc_jax.models import smtc
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _setup(config, devices=None):
+  mesh = sharding.make_mesh(devices)
+  model = smtc.build_model(config)
+  optimizer = train.make_optimizer(config)
+  state, state_sharding = train.create_state(config, model, optimizer, mesh)
+  steps = train.compile_train_steps(config, model, optimizer, mesh, state_sharding)
+  return mesh, state, steps
+
+
+def _batch(config, batch_size, seed=0):
+  d = config.data
+  rng = np.random.default_rng(seed)
+  shape = (batch_size, d.num_frames, *d.resolution, 3)
+  return {k: rng.integers(0, 256, shape, dtype=np.uint8) for k in ("student", "teacher")}
+
+
+def _host(tree):
+  return jax.tree.map(lambda x: np.array(x), tree)
+
+
+@pytest.fixture
+def config():
+  c = tiny.get_config()
+  c.data.batch_size = 2
+  c.train.num_steps = 10
+  c.train.ema_momentum = 0.9  # large enough a step for the closed form to be tested
+  return c
+
+
+def test_ema_teacher_equals_the_closed_form_of_eq14(config):
+  mesh, state, steps = _setup(config)
+  m = config.train.ema_momentum
+  students = [_host(state.params)]
+  teacher0 = _host(state.ema_params)
+  for k in range(3):
+    state, _ = steps[False](state, sharding.global_batch(_batch(config, 2, k), mesh))
+    students.append(_host(state.params))
+  # teacher_k = m^k teacher_0 + sum_i (1 - m) m^(k - i) student_i
+  expected = jax.tree.map(lambda t0, *s: m**3 * t0 + sum((1 - m) * m**(3 - i) * s[i - 1]
+                                                         for i in range(1, 4)),
+                          teacher0, *students[1:])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               _host(state.ema_params), expected)
+  assert np.abs(students[-1]["slot_attention"]["mu"] - students[0]["slot_attention"]["mu"]).max() > 0
+
+
+def test_code_ema_scope_keeps_the_teachers_encoder_at_init(config):
+  config.train.ema_scope = "non_encoder"
+  mesh, state, steps = _setup(config)
+  encoder0 = _host(state.ema_params["encoder"])
+  head0 = _host(state.ema_params["slot_attention"])
+  state, _ = steps[False](state, sharding.global_batch(_batch(config, 2), mesh))
+  jax.tree.map(np.testing.assert_array_equal, _host(state.ema_params["encoder"]), encoder0)
+  assert np.abs(state.ema_params["slot_attention"]["mu"] - head0["mu"]).max() > 0
+
+
+def test_frozen_encoder_step_gives_the_same_losses_and_head_update(config):
+  config.optim.grad_iter = 5  # encoder lr is 0 at step 0
+  mesh, state, steps = _setup(config)
+  assert train.encoder_frozen(config, 0) and not train.encoder_frozen(config, 5)
+  batch = _batch(config, 2)
+  copy = jax.tree.map(jnp.copy, state)
+  frozen, m_frozen = steps[True](state, sharding.global_batch(batch, mesh))
+  full, m_full = steps[False](copy, sharding.global_batch(batch, mesh))
+  for key in ("loss", "loss_sem", "loss_reg", "loss_obj"):
+    np.testing.assert_allclose(m_frozen[key], m_full[key], rtol=1e-6)
+  assert float(m_frozen["lr_encoder"]) == 0.0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               _host(frozen.params), _host(full.params))
+
+
+def test_weight_decay_skips_biases_and_one_dimensional_parameters():
+  params = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}, "mu": jnp.ones((4, 2))}
+  mask = train.decay_mask(params)
+  assert mask == {"dense": {"kernel": True, "bias": False}, "mu": True}
+
+
+SHARDED_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, {repo!r})
+from configs import tiny
+from smtc_jax import sharding, train
+from smtc_jax.models import smtc
+from tests.test_train import _batch
+config = tiny.get_config()
+config.data.batch_size = 8
+out = {{}}
+for name, devices in [("one", jax.devices()[:1]), ("eight", jax.devices())]:
+  mesh = sharding.make_mesh(devices)
+  model = smtc.build_model(config)
+  opt = train.make_optimizer(config)
+  state, state_sharding = train.create_state(config, model, opt, mesh)
+  steps = train.compile_train_steps(config, model, opt, mesh, state_sharding)
+  batch = sharding.global_batch(_batch(config, 8), mesh)
+  assert len(batch["student"].sharding.device_set) == len(devices)
+  state, metrics = steps[False](state, batch)
+  state, metrics = steps[False](state, sharding.global_batch(_batch(config, 8, 1), mesh))
+  out[name] = {{k: float(v) for k, v in metrics.items()}}
+print(json.dumps(out))
+"""
+
+
+def test_sharded_step_on_eight_devices_matches_one_device():
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT.format(repo=REPO)], env=env,
+                        capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  for key in ("loss", "loss_sem", "loss_reg", "loss_obj", "grad_norm"):
+    np.testing.assert_allclose(out["eight"][key], out["one"][key], rtol=1e-4, atol=1e-6)
+
+
+def _main(workdir, *overrides, wait=True):
+  cmd = [sys.executable, "-m", "smtc_jax.main", "--config", os.path.join(REPO, "configs/tiny.py"),
+         "--workdir", str(workdir), "--config.data.source=synthetic", "--config.data.layout=davis",
+         "--config.data.batch_size=2", "--config.data.num_workers=0",
+         "--config.data.synthetic.num_train=4", "--config.data.synthetic.num_val=1",
+         "--config.data.synthetic.size=48", "--config.data.synthetic.num_frames=12",
+         "--config.train.log_every=1", "--config.train.checkpoint_every=3",
+         "--config.train.num_steps=12", "--config.train.async_checkpoints=False", *overrides]
+  if not wait:
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def _losses(workdir):
+  by_step = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line)
+      by_step[record["step"]] = record["loss"]  # a resumed run re-logs: keep the last
+  return by_step
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_with_the_same_losses(tmp_path):
+  data = tmp_path / "data"
+  straight = _main(tmp_path / "straight", f"--config.data.path={data}")
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  reference = _losses(tmp_path / "straight")
+  assert sorted(reference) == list(range(1, 13))
+
+  killed_dir = tmp_path / "killed"
+  proc = _main(killed_dir, f"--config.data.path={data}", wait=False)
+  deadline = time.time() + 600
+  while not os.path.isdir(killed_dir / "checkpoints" / "3") and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.isdir(killed_dir / "checkpoints" / "12")  # it was killed mid-run
+  assert _losses(killed_dir)  # and had logged some steps
+  resumed = _main(killed_dir, f"--config.data.path={data}")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  got = _losses(killed_dir)
+  assert sorted(got) == list(range(1, 13))
+  for step in range(1, 13):
+    np.testing.assert_allclose(got[step], reference[step], rtol=1e-6, err_msg=f"step {step}")
+
+  export = _main(killed_dir, f"--config.data.path={data}", "--mode=export")
+  assert export.returncode == 0, export.stderr[-3000:]
+  assert os.path.isdir(killed_dir / "export")
+  again = _main(killed_dir, f"--config.data.path={data}", "--mode=export")
+  assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+  proc = _main(tmp_path, "--config.model.no_such_field=3")
+  assert proc.returncode != 0
+  assert "no_such_field" in proc.stderr and "Traceback" not in proc.stderr
