@@ -1,0 +1,143 @@
+"""Benchmarks (never timed tests):
+
+  python -m smtc_jax.bench step --config configs/X.py [--frozen] [--config.a.b=v]
+  python -m smtc_jax.bench data --config configs/X.py --workdir DIR
+
+`step` compiles and times the real jitted train step (median of --steps after
+--warmup, block_until_ready), reads its FLOPs from XLA's cost analysis, measures
+this machine's dense matmul peak in the same run, and prints the ratio. `data`
+times the grain input pipeline in clips/s. Each ends with one JSON line.
+"""
+
+import json
+import resource
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+flags.DEFINE_string("workdir", "/tmp/smtc_bench", "Where data is generated / read.")
+flags.DEFINE_integer("steps", 10, "Timed iterations (after warm-up).")
+flags.DEFINE_integer("warmup", 2, "Untimed iterations first.")
+flags.DEFINE_bool("frozen", False, "Time the frozen-encoder step (grad_iter stage).")
+flags.DEFINE_integer("matmul_size", 0, "Side of the peak-measuring matmul (0 = by backend).")
+
+
+def _flops_of(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", float("nan")))
+
+
+def _median_seconds(fn, warmup: int, repeats: int) -> float:
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def matmul_peak(dtype, size: int) -> float:
+  """FLOP/s of a large square matmul on the default device."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  seconds = _median_seconds(lambda: f(a, b), 2, 5)
+  return 2.0 * size**3 / seconds
+
+
+def peak_memory_bytes() -> tuple[float, str]:
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return float(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0, "process max RSS"
+
+
+def bench_step(config) -> dict:
+  from smtc_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from smtc_jax.models import smtc  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh()
+  model = smtc.build_model(config)
+  optimizer = train.make_optimizer(config)
+  state, state_sharding = train.create_state(config, model, optimizer, mesh)
+  steps = train.compile_train_steps(config, model, optimizer, mesh, state_sharding)
+  step_fn = steps[FLAGS.frozen]
+  d = config.data
+  rng = np.random.default_rng(0)
+  shape = (d.batch_size, d.num_frames, *d.resolution, 3)
+  batch = sharding.global_batch(
+      {k: rng.integers(0, 256, shape, dtype=np.uint8) for k in ("student", "teacher")}, mesh)
+  start = time.perf_counter()
+  compiled = step_fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  flops = _flops_of(compiled)
+  holder = [state]
+
+  def one():
+    holder[0], metrics = compiled(holder[0], batch)
+    return metrics["loss"]
+
+  step_s = _median_seconds(one, FLAGS.warmup, FLAGS.steps)
+  backend = jax.default_backend()
+  size = FLAGS.matmul_size or (8192 if backend != "cpu" else 2048)
+  peak_f32 = matmul_peak(jnp.float32, size)
+  peak_bf16 = matmul_peak(jnp.bfloat16, size)
+  memory, memory_kind = peak_memory_bytes()
+  achieved = flops / step_s
+  return {
+      "bench": "step", "backend": backend, "devices": jax.device_count(),
+      "frozen_encoder": FLAGS.frozen, "dtype": config.model.dtype, "batch": d.batch_size,
+      "compile_s": compile_s, "step_s": step_s, "clips_per_s": d.batch_size / step_s,
+      "step_flops": flops, "achieved_flops_per_s": achieved,
+      "matmul_peak_f32": peak_f32, "matmul_peak_bf16": peak_bf16,
+      "mfu_vs_f32_peak": achieved / peak_f32, "peak_memory_bytes": memory,
+      "memory_kind": memory_kind,
+  }
+
+
+def bench_data(config) -> dict:
+  from smtc_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  source = pipeline.make_source(config, FLAGS.workdir)
+  dataset = pipeline.build_dataset(source, pipeline.ClipSpec.from_config(config.data),
+                                   seed=config.seed, global_batch=config.data.batch_size)
+  iterator = pipeline.make_iterator(dataset, config.data.num_workers, config.data.prefetch)
+  for _ in range(FLAGS.warmup):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(FLAGS.steps):
+    next(iterator)
+  seconds = time.perf_counter() - start
+  return {"bench": "data", "batch": config.data.batch_size, "workers": config.data.num_workers,
+          "batches": FLAGS.steps, "seconds": seconds,
+          "clips_per_s": config.data.batch_size * FLAGS.steps / seconds}
+
+
+def _print(result: dict) -> None:
+  for key, value in result.items():
+    if isinstance(value, float):
+      value = f"{value:.4g}"
+    print(f"{key:22s} {value}")
+  print(json.dumps(result))
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in ("step", "data"):
+    sys.exit("usage: python -m smtc_jax.bench step|data --config FILE [flags]")
+  config = FLAGS.config
+  _print(bench_step(config) if argv[1] == "step" else bench_data(config))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

@@ -1,0 +1,68 @@
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smtc_jax import checkpoint, sharding, train
+from smtc_jax.models import smtc
+
+CONFIGS = ["base", "reference", "tiny", "cpu_synthetic", "tpu_v4", "gpu"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_builds_its_model(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  model = smtc.build_model(config)
+  d = config.data
+  clip = jax.ShapeDtypeStruct((1, d.num_frames, *d.resolution, 3), jnp.float32)
+  rngs = {k: jax.random.PRNGKey(0) for k in ("params", "instance", "partner")}
+  out = jax.eval_shape(model.init, rngs, clip)
+  assert "encoder" in out["params"]
+
+
+def test_paper_constants_are_the_defaults():
+  config = importlib.import_module("configs.base").get_config()
+  m, l = config.model, config.loss
+  assert (m.num_semantics, m.num_instances, m.num_iterations, m.tau) == (16, 4, 3, 0.5)
+  assert (l.tau1, l.tau2, l.sinkhorn_epsilon) == (0.2, 0.5, 0.05)
+  assert config.train.ema_momentum == 0.999
+  assert (config.data.num_frames, tuple(config.data.resolution)) == (4, (256, 256))
+  assert (config.optim.learning_rate, config.data.batch_size) == (2e-4, 128)
+
+
+@pytest.mark.parametrize("scope", ["encoder", "all"])
+def test_exported_params_initialise_a_new_run(tmp_path, scope):
+  config = importlib.import_module("configs.tiny").get_config()
+  mesh = sharding.make_mesh()
+  model = smtc.build_model(config)
+  optimizer = train.make_optimizer(config)
+  state, _ = train.create_state(config, model, optimizer, mesh)
+  checkpoint.export_params(state, str(tmp_path / "export"))
+  with pytest.raises(FileExistsError):
+    checkpoint.export_params(state, str(tmp_path / "export"))
+  config.seed = 1
+  config.init.checkpoint = str(tmp_path / "export")
+  config.init.scope = scope
+  other, _ = train.create_state(config, model, optimizer, mesh)
+  np.testing.assert_array_equal(other.params["encoder"]["pos_embed"],
+                                state.params["encoder"]["pos_embed"])
+  np.testing.assert_array_equal(other.ema_params["encoder"]["norm"]["scale"],
+                                state.params["encoder"]["norm"]["scale"])
+  same_mu = np.array_equal(other.params["slot_attention"]["mu"], state.params["slot_attention"]["mu"])
+  assert same_mu == (scope == "all")
+
+
+def test_init_checkpoint_with_the_wrong_shapes_is_rejected_by_name(tmp_path):
+  config = importlib.import_module("configs.tiny").get_config()
+  mesh = sharding.make_mesh()
+  model = smtc.build_model(config)
+  state, _ = train.create_state(config, model, train.make_optimizer(config), mesh)
+  checkpoint.export_params(state, str(tmp_path / "export"))
+  config.model.vit.dim = 48
+  config.model.vit.num_heads = 4
+  config.init.checkpoint = str(tmp_path / "export")
+  bigger = smtc.build_model(config)
+  with pytest.raises(ValueError, match="wrong shapes"):
+    train.create_state(config, bigger, train.make_optimizer(config), mesh)
