@@ -43,10 +43,31 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iter=None):
   logging.info("resuming from %s step %d", manager.directory, step)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   items = {"state": ocp.args.StandardRestore(abstract)}
-  if data_iter is not None:
+  same_layout = data_iter is not None and os.path.exists(_data_state_file(manager, step))
+  if same_layout:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
+  if data_iter is not None and not same_layout:
+    _position_iterator(data_iter, step, _data_state_file(manager, step))
   return restored["state"], restored.get("data", data_iter)
+
+
+def _data_state_file(manager: ocp.CheckpointManager, step: int) -> str:
+  """grain's iterator state file of this process for a checkpoint step."""
+  name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+  return os.path.join(str(manager.directory), str(step), "data", name)
+
+
+def _position_iterator(data_iter, step: int, missing: str) -> None:
+  """Resume with another number of processes than the checkpoint was written
+  by: the pipeline is a function of (seed, step), so step s starts at batch s of
+  this process's shard. Only the in-process iterator's state is that simple."""
+  state = data_iter.get_state()
+  if set(state) != {"next_index"}:
+    raise ValueError(f"{missing} does not exist: the checkpoint was written by another number of "
+                     f"processes; resume once with data.num_workers=0 to re-shard the data")
+  logging.warning("%s missing: data iterator positioned from the step (%d)", missing, step)
+  data_iter.set_state({"next_index": step})
 
 
 def export_params(state, directory: str) -> str:

@@ -20,6 +20,10 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", l
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the resolved config.")
 flags.DEFINE_enum("mode", "train", ["train", "export"], "What to run.")
 flags.DEFINE_string("export_dir", None, "Where --mode=export writes (default: WORKDIR/export).")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process GPU runs; "
+                    "TPU pods and SLURM are detected automatically).")
+flags.DEFINE_integer("num_processes", 0, "Number of processes of a multi-process run.")
+flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -53,6 +57,8 @@ def parse_flags(argv):
 def main(argv):
   del argv
   config = FLAGS.config
+  from smtc_jax import sharding  # pylint: disable=g-import-not-at-top
+  sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info("config:\n%s", config)
   if FLAGS.mode == "train":
     from smtc_jax import train  # pylint: disable=g-import-not-at-top

@@ -1,9 +1,10 @@
 """The grain training pipeline: clip sampling, augmentation, batching, sharding.
 
 Element k of the (infinite, per-epoch reshuffled) dataset is a function of
-(seed, k) alone, and step s of process p reads elements
-[s * local_batch, (s + 1) * local_batch) of the slice `[p::process_count]`, so
-the batches are deterministic given (seed, step), on any number of workers.
+(seed, k) alone; global batch s holds elements [s * B, (s + 1) * B), and process
+p loads its contiguous share [s * B + p * B / n, s * B + (p + 1) * B / n). So the
+global batch is the same, element for element, on any number of processes and
+workers, and deterministic given (seed, step).
 Each clip yields two views, 'student' and 'teacher' (T, H, W, 3) uint8: the
 geometric augmentation (random resized crop, flip) is shared by both views so
 their tokens correspond, the photometric one (colour jitter, grayscale, blur)
@@ -177,14 +178,36 @@ def local_batch_size(global_batch: int, process_count: int) -> int:
   return global_batch // process_count
 
 
+class ProcessShard(grain.MapDataset):
+  """Process p's contiguous share of every global batch of the parent dataset."""
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, process_index: int,
+               process_count: int):
+    super().__init__(parent)
+    self._global = global_batch
+    self._local = local_batch_size(global_batch, process_count)
+    self._offset = process_index * self._local
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._global * self._local
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    step, within = divmod(index, self._local)
+    return self._parent[step * self._global + self._offset + within]
+
+  def __str__(self) -> str:
+    return f"ProcessShard(global={self._global}, local={self._local}, offset={self._offset})"
+
+
 def build_dataset(source, spec: ClipSpec, *, seed: int, global_batch: int,
                   process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
   """Batched, infinite MapDataset of this process's share of every global batch."""
-  local = local_batch_size(global_batch, process_count)
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
   ds = ds.random_map(SampleClip(spec), seed=seed)
-  ds = ds[process_index::process_count]
-  return ds.batch(local, drop_remainder=True)
+  ds = ProcessShard(ds, global_batch, process_index, process_count)
+  return ds.batch(local_batch_size(global_batch, process_count), drop_remainder=True)
 
 
 def make_iterator(dataset: grain.MapDataset, num_workers: int, prefetch: int = 2):
