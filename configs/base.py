@@ -60,6 +60,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   # output is L2-normalised (code; the paper is silent, we keep it for both).
   m.object_head_ratio = 2
   m.dtype = "float32"  # compute dtype: float32 | bfloat16. Params stay float32.
+  m.remat = False  # rematerialise encoder blocks in the backward pass (saves memory)
   return m
 
 
@@ -161,6 +162,7 @@ def get_train_config() -> ml_collections.ConfigDict:
   t.checkpoint_every = 1000
   t.keep_checkpoints = 3
   t.async_checkpoints = True
+  t.logdir = ""  # local folder for logs; "" = the workdir (needed when that is gs://)
   return t
 
 

@@ -16,12 +16,20 @@ CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "export"
 
 
+def is_remote(path: str) -> bool:
+  """gs://... and other URLs: written by Orbax (tensorstore), never by os calls."""
+  return "://" in path
+
+
+def _resolve(path: str) -> str:
+  return path if is_remote(path) else os.path.abspath(path)
+
+
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   t = config.train
   options = ocp.CheckpointManagerOptions(
       max_to_keep=t.keep_checkpoints, enable_async_checkpointing=t.async_checkpoints)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-                               options=options)
+  return ocp.CheckpointManager(_resolve(os.path.join(workdir, CHECKPOINT_DIR)), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter, *, every: int,
@@ -43,7 +51,7 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iter=None):
   logging.info("resuming from %s step %d", manager.directory, step)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   items = {"state": ocp.args.StandardRestore(abstract)}
-  same_layout = data_iter is not None and os.path.exists(_data_state_file(manager, step))
+  same_layout = data_iter is not None and _data_state_file(manager, step).exists()
   if same_layout:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
@@ -55,7 +63,7 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iter=None):
 def _data_state_file(manager: ocp.CheckpointManager, step: int) -> str:
   """grain's iterator state file of this process for a checkpoint step."""
   name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-  return os.path.join(str(manager.directory), str(step), "data", name)
+  return manager.directory / str(step) / "data" / name
 
 
 def _position_iterator(data_iter, step: int, missing: str) -> None:
@@ -73,8 +81,8 @@ def _position_iterator(data_iter, step: int, missing: str) -> None:
 def export_params(state, directory: str) -> str:
   """Write {'params': student, 'ema_params': teacher} as an Orbax checkpoint.
   Refuses to overwrite an existing export."""
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory):
+  directory = _resolve(directory)
+  if not is_remote(directory) and os.path.exists(directory):
     raise FileExistsError(f"{directory} exists; remove it or export elsewhere")
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory, {"params": state.params, "ema_params": state.ema_params})
@@ -84,8 +92,8 @@ def export_params(state, directory: str) -> str:
 
 def load_params(directory: str) -> dict:
   """The params tree of an export / converted checkpoint, as numpy arrays."""
-  directory = os.path.abspath(directory)
-  if not os.path.isdir(directory):
+  directory = _resolve(directory)
+  if not is_remote(directory) and not os.path.isdir(directory):
     raise FileNotFoundError(f"params checkpoint {directory} does not exist")
   tree = ocp.StandardCheckpointer().restore(directory)
   return jax.tree.map(np.asarray, tree)

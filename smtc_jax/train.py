@@ -175,15 +175,26 @@ def create_state(config, model, optimizer, mesh):
   return state, state_sharding
 
 
+def log_dir(config, workdir: str) -> str:
+  """Where process 0 writes TensorBoard, metrics.jsonl and config.json: the
+  workdir, or train.logdir (a local folder) when the workdir is remote (gs://),
+  where only Orbax writes."""
+  if config.train.logdir:
+    return config.train.logdir
+  if checkpoint.is_remote(workdir):
+    raise ValueError(f"workdir {workdir} is remote: set train.logdir to a local folder for logs")
+  return workdir
+
+
 class MetricWriter:
   """TensorBoard scalars and a metrics.jsonl file, from process 0 only."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, logdir: str):
     self.enabled = jax.process_index() == 0
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self.tb = SummaryWriter(os.path.join(logdir, "tensorboard"))
+      self.jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
@@ -207,16 +218,17 @@ def progress_line(step, num_steps, scalars, steps_per_sec) -> str:
           f" | ETA {eta / 60:.1f} min")
 
 
-def save_config(config, workdir: str) -> None:
+def save_config(config, logdir: str) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    with open(os.path.join(logdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Train (resuming from the workdir's latest checkpoint); returns the last metrics."""
-  os.makedirs(workdir, exist_ok=True)
-  save_config(config, workdir)
+  logdir = log_dir(config, workdir)
+  os.makedirs(logdir, exist_ok=True)
+  save_config(config, logdir)
   mesh = sharding.make_mesh()
   sharding.check_batch_divisible(config.data.batch_size, mesh)
   source = pipeline.make_source(config, workdir)
@@ -232,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state, data_iter = checkpoint.restore_latest(manager, state, data_iter)
   start = int(state.step)
   steps = compile_train_steps(config, model, optimizer, mesh, state_sharding)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(logdir)
   t = config.train
   logging.info("training %d videos from step %d to %d on %d devices", len(source), start,
                t.num_steps, jax.device_count())

@@ -188,3 +188,19 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
   proc = _main(tmp_path, "--config.model.no_such_field=3")
   assert proc.returncode != 0
   assert "no_such_field" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("option", ["remat", "bfloat16"])
+def test_memory_options_keep_float32_params_and_close_losses(config, option):
+  mesh, state, steps = _setup(config)
+  _, reference = steps[False](state, sharding.global_batch(_batch(config, 2), mesh))
+  if option == "remat":
+    config.model.remat = True
+  else:
+    config.model.dtype = "bfloat16"
+  mesh, state, steps = _setup(config)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+  new_state, metrics = steps[False](state, sharding.global_batch(_batch(config, 2), mesh))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.params))
+  tolerance = 1e-5 if option == "remat" else 5e-2  # remat recomputes the same numbers
+  np.testing.assert_allclose(metrics["loss"], reference["loss"], rtol=tolerance)

@@ -157,6 +157,8 @@ def make_source(config: ml_collections.ConfigDict, workdir: str):
   """The training video source named by config.data.source."""
   d = config.data
   if d.source == "synthetic":
+    if not d.path and "://" in workdir:
+      raise ValueError("data.source='synthetic' with a remote workdir needs a local data.path")
     root = d.path or os.path.join(workdir, "synthetic_data")
     spec = synthetic.SyntheticSpec(**d.synthetic.to_dict())
     synthetic.ensure_synthetic_davis(root, spec)

@@ -144,7 +144,7 @@ def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
     return VisionTransformer(
         patch_size=v.patch_size, dim=v.dim, depth=v.depth, num_heads=v.num_heads,
         mlp_ratio=v.mlp_ratio, qkv_bias=v.qkv_bias, pretrain_grid=v.pretrain_grid,
-        layer_norm_eps=v.layer_norm_eps, remat=m.get("remat", False), dtype=dtype)
+        layer_norm_eps=v.layer_norm_eps, remat=m.remat, dtype=dtype)
   raise ValueError(f"model.encoder must be 'vit', got {m.encoder!r}")
 
 
