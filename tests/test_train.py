@@ -204,3 +204,16 @@ def test_memory_options_keep_float32_params_and_close_losses(config, option):
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.params))
   tolerance = 1e-5 if option == "remat" else 5e-2  # remat recomputes the same numbers
   np.testing.assert_allclose(metrics["loss"], reference["loss"], rtol=tolerance)
+
+
+def test_steady_state_steps_make_no_host_round_trip(config):
+  # Matching, Sinkhorn and validity all run on device: with implicit transfers
+  # disallowed, the steps (batches placed on device beforehand) still run.
+  mesh, state, steps = _setup(config)
+  batches = [sharding.global_batch(_batch(config, 2, k), mesh) for k in range(3)]
+  state, _ = steps[False](state, batches[0])  # compile outside the guard
+  with jax.transfer_guard("disallow"):
+    for batch in batches[1:]:
+      state, metrics = steps[False](state, batch)
+    jax.block_until_ready(metrics)
+  assert np.isfinite(float(metrics["loss"]))

@@ -1,0 +1,1 @@
+"""Evaluation: DAVIS J&F as the official davis2017-evaluation computes it."""

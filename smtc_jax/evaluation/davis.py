@@ -1,0 +1,305 @@
+"""DAVIS region (J) and boundary (F) measures and a scorer for results folders,
+computing what the official davis2017-evaluation computes, vectorised over
+frames and parallel over sequences.
+
+  python -m smtc_jax.evaluation.davis --davis_path DIR --results_path DIR \\
+      --task semi-supervised|unsupervised [--set val]
+
+writes `global_results-<set>.csv` and `per-sequence_results-<set>.csv` into the
+results folder, with the official columns, and prints them.
+"""
+
+import csv
+import functools
+import multiprocessing
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+
+VOID_LABEL = 255
+MAX_UNSUPERVISED_PROPOSALS = 20  # the official tool rejects more
+GLOBAL_COLUMNS = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
+SEQUENCE_COLUMNS = ["Sequence", "J-Mean", "F-Mean"]
+DECAY_BINS = 4
+
+
+# ---------------------------------------------------------------------------
+# Per-frame measures.
+# ---------------------------------------------------------------------------
+
+def j_measures(gt, pred, void=None):
+  """Region similarity per frame: IoU of (F, H, W) boolean masks outside void;
+  1 where both masks are empty."""
+  gt, pred = np.asarray(gt, bool), np.asarray(pred, bool)
+  if void is not None:
+    keep = ~np.asarray(void, bool)
+    gt, pred = gt & keep, pred & keep
+  inter = np.sum(gt & pred, axis=(-2, -1))
+  union = np.sum(gt | pred, axis=(-2, -1))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    j = inter / union
+  return np.where(np.isclose(union, 0), 1.0, j)
+
+
+def j_measure(gt, pred, void=None) -> float:
+  """Region similarity J of one (H, W) frame."""
+  return float(j_measures(gt, pred, void))
+
+
+def boundaries(masks):
+  """One-pixel boundary maps of (..., H, W) boolean masks, as the official
+  `_seg2bmap`: a pixel is on the boundary when it differs from its right,
+  lower or lower-right neighbour (outside the image counts as background)."""
+  seg = np.asarray(masks, bool)
+  east = np.zeros_like(seg)
+  south = np.zeros_like(seg)
+  south_east = np.zeros_like(seg)
+  east[..., :, :-1] = seg[..., :, 1:]
+  south[..., :-1, :] = seg[..., 1:, :]
+  south_east[..., :-1, :-1] = seg[..., 1:, 1:]
+  b = (seg ^ east) | (seg ^ south) | (seg ^ south_east)
+  b[..., -1, :] = seg[..., -1, :] ^ east[..., -1, :]
+  b[..., :, -1] = seg[..., :, -1] ^ south[..., :, -1]
+  b[..., -1, -1] = False
+  return b
+
+
+def disk(radius: int):
+  """Disk structuring element (skimage.morphology.disk)."""
+  y, x = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+  return x**2 + y**2 <= radius**2
+
+
+def boundary_tolerance(height: int, width: int, bound_th: float) -> int:
+  """Matching distance in pixels: bound_th * image diagonal, rounded up."""
+  return int(bound_th if bound_th >= 1 else np.ceil(bound_th * np.hypot(height, width)))
+
+
+def f_measures(gt, pred, void=None, bound_th: float = 0.008):
+  """Boundary F per frame of (F, H, W) boolean masks (void pixels removed)."""
+  gt, pred = np.asarray(gt, bool), np.asarray(pred, bool)
+  if gt.ndim == 2:
+    gt, pred = gt[None], pred[None]
+    void = None if void is None else np.asarray(void, bool)[None]
+  if void is not None:
+    keep = ~np.asarray(void, bool)
+    gt, pred = gt & keep, pred & keep
+  radius = boundary_tolerance(gt.shape[-2], gt.shape[-1], bound_th)
+  structure = disk(radius)[None]  # dilate each frame, never across frames
+  gt_b, pred_b = boundaries(gt), boundaries(pred)
+  gt_dil = ndimage.binary_dilation(gt_b, structure=structure)
+  pred_dil = ndimage.binary_dilation(pred_b, structure=structure)
+  n_pred = pred_b.sum(axis=(-2, -1)).astype(np.float64)
+  n_gt = gt_b.sum(axis=(-2, -1)).astype(np.float64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    precision = (pred_b & gt_dil).sum(axis=(-2, -1)) / n_pred
+    recall = (gt_b & pred_dil).sum(axis=(-2, -1)) / n_gt
+  # Empty boundaries, as the official tool: none predicted -> precision 1;
+  # none in the ground truth -> recall 1.
+  precision = np.where(n_pred == 0, 1.0, precision)
+  recall = np.where(n_gt == 0, 1.0, recall)
+  precision = np.where((n_pred > 0) & (n_gt == 0), 0.0, precision)
+  recall = np.where((n_pred == 0) & (n_gt > 0), 0.0, recall)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    f = 2 * precision * recall / (precision + recall)
+  return np.where(precision + recall == 0, 0.0, f)
+
+
+def f_measure(gt, pred, void=None, bound_th: float = 0.008) -> float:
+  """Boundary F of one (H, W) frame."""
+  return float(f_measures(gt, pred, void, bound_th)[0])
+
+
+def statistics(per_frame):
+  """(Mean, Recall, Decay) of per-frame values, as the official db_statistics:
+  recall = share of frames above 0.5; decay = mean of the first quarter of the
+  frames minus the last quarter (4 bins with overlapping edges)."""
+  values = np.asarray(per_frame, np.float64)
+  mean = np.nanmean(values)
+  recall = np.nanmean(values > 0.5)
+  ids = (np.round(np.linspace(1, len(values), DECAY_BINS + 1) + 1e-10) - 1).astype(np.int64)
+  bins = [values[ids[i]:ids[i + 1] + 1] for i in range(DECAY_BINS)]
+  decay = np.nanmean(bins[0]) - np.nanmean(bins[-1])
+  return mean, recall, decay
+
+
+# ---------------------------------------------------------------------------
+# Sequences and folders.
+# ---------------------------------------------------------------------------
+
+def read_label_png(path: str) -> np.ndarray:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"mask {path} does not exist")
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image)
+  except OSError as e:
+    raise ValueError(f"cannot read mask {path}: {e}") from e
+
+
+def object_masks(labels, num_objects: int):
+  """(num_objects, F, H, W) boolean masks of labels 1..num_objects."""
+  ids = np.arange(1, num_objects + 1)[:, None, None, None]
+  return labels[None] == ids
+
+
+def evaluate_sequence(gt_labels, res_labels, task: str, matching: str = "video",
+                      max_proposals: int = MAX_UNSUPERVISED_PROPOSALS, num_objects=None):
+  """Per-object, per-frame J and F of one sequence.
+
+  gt_labels, res_labels: (F, H, W) integer label maps (void = 255 in the ground
+  truth). Objects are the ground truth's labels 1..num_objects (default: the
+  largest label of the first frame, as the official tool counts them). The
+  semi-supervised task scores result object k against ground-truth object k
+  without void; the unsupervised one assigns proposals to objects once per video
+  (Hungarian on J and F averaged over frames) with void removed, or per frame
+  (`matching='frame'`, the authors' repository; not the official protocol).
+  Returns (J, F), each (num_objects, F).
+  """
+  gt_labels = np.asarray(gt_labels)
+  void = gt_labels == VOID_LABEL
+  gt_labels = np.where(void, 0, gt_labels)
+  if num_objects is None:
+    num_objects = int(gt_labels[0].max())
+  gt = object_masks(gt_labels, num_objects)
+  num_res = int(np.asarray(res_labels).max())
+  res = object_masks(np.asarray(res_labels), num_res)
+  if task == "semi-supervised":
+    if num_res > num_objects:
+      raise ValueError(f"result has object index {num_res}, the sequence has {num_objects}")
+    res = np.concatenate([res, np.zeros((num_objects - num_res, *res.shape[1:]), bool)])
+    j = np.stack([j_measures(gt[i], res[i]) for i in range(num_objects)])
+    f = np.stack([f_measures(gt[i], res[i]) for i in range(num_objects)])
+    return j, f
+  if task != "unsupervised":
+    raise ValueError(f"task must be 'semi-supervised' or 'unsupervised', got {task!r}")
+  if num_res > max_proposals:
+    raise ValueError(f"result has {num_res} proposals, more than the {max_proposals} allowed")
+  if num_res < num_objects:
+    res = np.concatenate([res, np.zeros((num_objects - num_res, *res.shape[1:]), bool)])
+  j = np.stack([np.stack([j_measures(gt[i], r, void) for i in range(num_objects)]) for r in res])
+  f = np.stack([np.stack([f_measures(gt[i], r, void) for i in range(num_objects)]) for r in res])
+  # j, f: (proposals, objects, frames)
+  if matching == "video":
+    rows, cols = linear_sum_assignment(-(j.mean(axis=2) + f.mean(axis=2)) / 2)
+    order = np.argsort(cols)
+    return j[rows[order], cols[order]], f[rows[order], cols[order]]
+  if matching == "frame":
+    j_out = np.zeros((num_objects, j.shape[2]))
+    f_out = np.zeros_like(j_out)
+    for t in range(j.shape[2]):
+      rows, cols = linear_sum_assignment(-(j[:, :, t] + f[:, :, t]) / 2)
+      j_out[cols, t], f_out[cols, t] = j[rows, cols, t], f[rows, cols, t]
+    return j_out, f_out
+  raise ValueError(f"matching must be 'video' or 'frame', got {matching!r}")
+
+
+def _read_sequence(davis_path: str, sequence: str, gt_dir: str):
+  mask_dir = os.path.join(davis_path, gt_dir, sequence)
+  if not os.path.isdir(mask_dir):
+    raise FileNotFoundError(f"annotations folder {mask_dir} for sequence {sequence} not found")
+  names = sorted(f[:-4] for f in os.listdir(mask_dir) if f.endswith(".png"))
+  if not names:
+    raise FileNotFoundError(f"no annotation PNG in {mask_dir}")
+  gt = np.stack([read_label_png(os.path.join(mask_dir, f"{n}.png")) for n in names])
+  return names, gt
+
+
+def _score_sequence(sequence, davis_path, results_path, task, matching):
+  """(sequence, (J, F)) of one sequence folder against its ground truth."""
+  gt_dir = os.path.join("Annotations" if task == "semi-supervised" else
+                        "Annotations_unsupervised", "480p")
+  names, gt = _read_sequence(davis_path, sequence, gt_dir)
+  num_objects = int(np.where(gt[0] == VOID_LABEL, 0, gt[0]).max())  # on the first frame
+  if task == "semi-supervised":  # first and last frames are not scored
+    names, gt = names[1:-1], gt[1:-1]
+  res = np.stack([read_label_png(os.path.join(results_path, sequence, f"{n}.png")) for n in names])
+  if res.shape != gt.shape:
+    raise ValueError(f"{os.path.join(results_path, sequence)}: masks of shape {res.shape[1:]}, "
+                     f"ground truth {gt.shape[1:]}")
+  return sequence, evaluate_sequence(gt, res, task, matching, num_objects=num_objects)
+
+
+def read_sequences(davis_path: str, image_set: str) -> list[str]:
+  path = os.path.join(davis_path, "ImageSets", "2017", f"{image_set}.txt")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"sequence list {path} does not exist")
+  with open(path) as f:
+    return [line.strip() for line in f if line.strip()]
+
+
+def score_folder(davis_path: str, results_path: str, task: str, image_set: str = "val",
+                 matching: str = "video", processes: int = 0):
+  """Score every sequence of the set; returns (global row, per-object rows).
+
+  global row: dict over GLOBAL_COLUMNS; per-object rows: [name_k, J-Mean, F-Mean]
+  with objects named `<sequence>_<k>` as the official tool does.
+  """
+  sequences = read_sequences(davis_path, image_set)
+  work = functools.partial(_score_sequence, davis_path=davis_path, results_path=results_path,
+                           task=task, matching=matching)
+  processes = processes or min(len(sequences), os.cpu_count() or 1)
+  if processes > 1:
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+      scored = pool.map(work, sequences)
+  else:
+    scored = [work(s) for s in sequences]
+  stats = {"J": [], "F": []}
+  per_object = []
+  for sequence, (j, f) in scored:
+    for k in range(j.shape[0]):
+      j_stats, f_stats = statistics(j[k]), statistics(f[k])
+      stats["J"].append(j_stats)
+      stats["F"].append(f_stats)
+      per_object.append([f"{sequence}_{k + 1}", j_stats[0], f_stats[0]])
+  jm, jr, jd = np.mean(np.asarray(stats["J"]), axis=0)
+  fm, fr, fd = np.mean(np.asarray(stats["F"]), axis=0)
+  values = [(jm + fm) / 2, jm, jr, jd, fm, fr, fd]
+  return dict(zip(GLOBAL_COLUMNS, values)), per_object
+
+
+def write_results(results_path: str, image_set: str, global_row, per_object) -> tuple[str, str]:
+  """The official tool's two CSV files (3 decimals)."""
+  global_csv = os.path.join(results_path, f"global_results-{image_set}.csv")
+  sequence_csv = os.path.join(results_path, f"per-sequence_results-{image_set}.csv")
+  with open(global_csv, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(GLOBAL_COLUMNS)
+    writer.writerow([f"{global_row[c]:.3f}" for c in GLOBAL_COLUMNS])
+  with open(sequence_csv, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(SEQUENCE_COLUMNS)
+    for name, j, fm in per_object:
+      writer.writerow([name, f"{j:.3f}", f"{fm:.3f}"])
+  return global_csv, sequence_csv
+
+
+def main(argv=None) -> int:
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--davis_path", required=True)
+  parser.add_argument("--results_path", required=True)
+  parser.add_argument("--task", required=True, choices=["semi-supervised", "unsupervised"])
+  parser.add_argument("--set", default="val", dest="image_set")
+  parser.add_argument("--matching", default="video", choices=["video", "frame"],
+                      help="unsupervised assignment: once per video (official) or per frame "
+                           "(the SMTC authors' repository; not comparable with the leaderboard)")
+  parser.add_argument("--processes", type=int, default=0)
+  args = parser.parse_args(argv)
+  global_row, per_object = score_folder(args.davis_path, args.results_path, args.task,
+                                        args.image_set, args.matching, args.processes)
+  paths = write_results(args.results_path, args.image_set, global_row, per_object)
+  protocol = f"{args.task}" + (f", {args.matching} matching" if args.task == "unsupervised" else "")
+  print(f"DAVIS {args.image_set} ({protocol}):")
+  print("  ".join(f"{c:>9s}" for c in GLOBAL_COLUMNS))
+  print("  ".join(f"{global_row[c]:9.3f}" for c in GLOBAL_COLUMNS))
+  print("written:", *paths)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

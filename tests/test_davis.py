@@ -1,0 +1,136 @@
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from smtc_jax.data import palette
+from smtc_jax.evaluation import davis
+
+
+def _stripe(left, right, size=100):
+  mask = np.zeros((size, size), bool)
+  mask[:, left:right] = True
+  return mask
+
+
+def test_j_on_hand_made_cases():
+  empty, full = np.zeros((10, 10), bool), np.ones((10, 10), bool)
+  assert davis.j_measure(empty, empty) == 1.0  # nothing to find, nothing found
+  assert davis.j_measure(full, empty) == 0.0
+  assert davis.j_measure(full, full) == 1.0
+  # 20 columns vs 25 columns sharing 20: 20 / 25.
+  assert davis.j_measure(_stripe(20, 40), _stripe(20, 45)) == pytest.approx(0.8)
+  # Void pixels are removed from both masks.
+  void = _stripe(40, 45)
+  assert davis.j_measure(_stripe(20, 40), _stripe(20, 45), void) == 1.0
+
+
+def test_f_on_hand_made_cases():
+  # 100 x 100 image: tolerance ceil(0.008 * 141.4) = 2 pixels. A stripe's boundary
+  # is the column before each edge (cols 19 and 39 for cols 20..39).
+  gt = _stripe(20, 40)
+  assert davis.boundary_tolerance(100, 100, 0.008) == 2
+  assert davis.f_measure(gt, gt) == 1.0
+  for shift, expected in [(1, 1.0), (2, 1.0), (3, 0.0), (5, 0.0)]:
+    assert davis.f_measure(gt, _stripe(20 + shift, 40 + shift)) == expected, shift
+  # One edge right (19), one 5 pixels off (44 vs 39): precision = recall = 1/2.
+  assert davis.f_measure(gt, _stripe(20, 45)) == pytest.approx(0.5)
+  # A tolerance given in pixels (>= 1) is used as is.
+  assert davis.f_measure(gt, _stripe(23, 43), bound_th=3) == 1.0
+  empty = np.zeros_like(gt)
+  assert davis.f_measure(empty, empty) == 1.0
+  assert davis.f_measure(gt, empty) == 0.0  # precision 1, recall 0
+  assert davis.f_measure(empty, gt) == 0.0  # precision 0, recall 1
+  # The official boundary map gives a mask covering the whole frame no boundary
+  # pixel, so F(full, empty) = 1 there although J = 0.
+  full = np.ones_like(gt)
+  assert davis.boundaries(full).sum() == 0
+  assert davis.f_measure(full, empty) == 1.0 and davis.j_measure(full, empty) == 0.0
+
+
+def test_f_excludes_void_pixels():
+  gt, pred = _stripe(20, 40), _stripe(20, 45)
+  assert davis.f_measure(gt, pred, void=_stripe(40, 50)) == 1.0
+
+
+def test_statistics_reproduce_mean_recall_decay_by_hand():
+  values = [1.0, 1.0, 0.5, 0.0, 0.0, 0.2, 0.4, 0.8]
+  mean, recall, decay = davis.statistics(values)
+  assert mean == pytest.approx(3.9 / 8)
+  assert recall == pytest.approx(3 / 8)  # strictly above 0.5
+  # Bin edges round(linspace(1, 8, 5)) - 1 = [0, 2, 3, 5, 7]: first bin frames
+  # 0..2, last bin frames 5..7.
+  assert decay == pytest.approx((1.0 + 1.0 + 0.5) / 3 - (0.2 + 0.4 + 0.8) / 3)
+
+
+def test_unsupervised_assignment_once_per_video_and_per_frame():
+  # Two objects (left, right) over two frames; proposal 1 covers the left object in
+  # frame 0 and the right one in frame 1, proposal 2 the other way round.
+  left, right = _stripe(10, 30), _stripe(60, 80)
+  gt = np.stack([left * 1 + right * 2, left * 1 + right * 2]).astype(np.uint8)
+  res = np.stack([left * 1 + right * 2, left * 2 + right * 1]).astype(np.uint8)
+  j_video, _ = davis.evaluate_sequence(gt, res, "unsupervised", "video")
+  j_frame, _ = davis.evaluate_sequence(gt, res, "unsupervised", "frame")
+  np.testing.assert_allclose(j_video.mean(), 0.5)  # one assignment: right in one frame only
+  np.testing.assert_allclose(j_frame, 1.0)  # per frame: always right
+  one_object = np.ones((2, 4, 30), np.uint8)
+  proposals = np.broadcast_to(np.arange(1, 31, dtype=np.uint8) % 22, (2, 4, 30))  # labels 0..21
+  with pytest.raises(ValueError, match="21 proposals, more than the 20"):
+    davis.evaluate_sequence(one_object, proposals, "unsupervised")
+
+
+def _write_sequence(root, sub, name, labels):
+  for t, frame in enumerate(labels):
+    palette.write_palette_png(os.path.join(root, sub, name, f"{t:05d}.png"), frame)
+
+
+def test_scorer_writes_the_official_csv_files(tmp_path):
+  davis_root, results = str(tmp_path / "davis"), str(tmp_path / "results")
+  gt = np.stack([_stripe(20, 40, 64).astype(np.uint8)] * 6)
+  gt[:, :, 50:52] = 255  # void
+  _write_sequence(davis_root, os.path.join("Annotations", "480p"), "seqa", gt)
+  os.makedirs(os.path.join(davis_root, "ImageSets", "2017"))
+  with open(os.path.join(davis_root, "ImageSets", "2017", "val.txt"), "w") as f:
+    f.write("seqa\n")
+  pred = np.stack([_stripe(20, 40, 64)] * 6).astype(np.uint8)
+  pred[4] = 0  # one miss among the scored frames 1..4
+  _write_sequence(results, "", "seqa", pred)
+  row, per_object = davis.score_folder(davis_root, results, "semi-supervised", "val", processes=1)
+  # Scored frames 1..4 have J = 1, 1, 1, 0.
+  assert row["J-Mean"] == pytest.approx(0.75)
+  assert row["J-Recall"] == pytest.approx(0.75)
+  global_csv, seq_csv = davis.write_results(results, "val", row, per_object)
+  with open(global_csv) as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == davis.GLOBAL_COLUMNS and rows[1][1] == "0.750"
+  with open(seq_csv) as f:
+    assert list(csv.reader(f))[1] == ["seqa_1", "0.750", "0.750"]
+
+
+def test_scorer_command_line(tmp_path, capsys):
+  davis_root, results = str(tmp_path / "davis"), str(tmp_path / "results")
+  gt = np.stack([_stripe(10, 30, 48).astype(np.uint8) + 2 * _stripe(35, 40, 48)] * 4)
+  _write_sequence(davis_root, os.path.join("Annotations_unsupervised", "480p"), "s", gt)
+  os.makedirs(os.path.join(davis_root, "ImageSets", "2017"))
+  with open(os.path.join(davis_root, "ImageSets", "2017", "val.txt"), "w") as f:
+    f.write("s\n")
+  swapped = np.where(gt == 1, 2, np.where(gt == 2, 1, 0)).astype(np.uint8)
+  _write_sequence(results, "", "s", swapped)  # proposal ids need not match object ids
+  assert davis.main(["--davis_path", davis_root, "--results_path", results,
+                     "--task", "unsupervised", "--processes", "1"]) == 0
+  out = capsys.readouterr().out
+  assert "unsupervised, video matching" in out
+  with open(os.path.join(results, "global_results-val.csv")) as f:
+    assert list(csv.reader(f))[1][0] == "1.000"
+
+
+def test_scorer_names_a_missing_result_file(tmp_path):
+  davis_root = str(tmp_path / "davis")
+  _write_sequence(davis_root, os.path.join("Annotations_unsupervised", "480p"), "s",
+                  np.ones((3, 8, 8), np.uint8))
+  os.makedirs(os.path.join(davis_root, "ImageSets", "2017"))
+  with open(os.path.join(davis_root, "ImageSets", "2017", "val.txt"), "w") as f:
+    f.write("s\n")
+  with pytest.raises(FileNotFoundError, match="00000.png"):
+    davis.score_folder(davis_root, str(tmp_path / "none"), "unsupervised", "val", processes=1)
