@@ -178,6 +178,17 @@ def get_eval_config() -> ml_collections.ConfigDict:
   e.first_stage_only = False  # SMTC-dagger (Table 2): semantic masks only.
   e.instance_score = 0.5  # eq. 11 at inference.
   e.unsupervised_matching = "video"  # video (official) | frame (authors' repo).
+  e.params = "params"  # which weights are evaluated: params (student) | ema_params (teacher)
+  e.data_path = ""  # a DAVIS-layout folder; "" = the workdir's synthetic set
+  e.split = "val"
+  e.max_videos = 0  # 0 = all
+  e.max_proposals = 20  # the official unsupervised tool's limit
+  # Label propagation (CRW protocol; the code's eval_prop.sh).
+  e.prop_video_len = 20
+  e.prop_radius = 7.0  # in feature cells
+  e.prop_topk = 7
+  e.prop_temperature = 0.2
+  e.overlays = 4  # videos drawn as PNG strips
   return e
 
 

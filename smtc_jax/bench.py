@@ -2,11 +2,13 @@
 
   python -m smtc_jax.bench step --config configs/X.py [--frozen] [--config.a.b=v]
   python -m smtc_jax.bench data --config configs/X.py --workdir DIR
+  python -m smtc_jax.bench propagate --config configs/X.py [--frames 70]
 
 `step` compiles and times the real jitted train step (median of --steps after
 --warmup, block_until_ready), reads its FLOPs from XLA's cost analysis, measures
 this machine's dense matmul peak in the same run, and prints the ratio. `data`
-times the grain input pipeline in clips/s. Each ends with one JSON line.
+times the grain input pipeline in clips/s; `propagate` runs label propagation
+and object discovery on a random 854x480 video. Each ends with one JSON line.
 """
 
 import json
@@ -28,6 +30,7 @@ flags.DEFINE_integer("steps", 10, "Timed iterations (after warm-up).")
 flags.DEFINE_integer("warmup", 2, "Untimed iterations first.")
 flags.DEFINE_bool("frozen", False, "Time the frozen-encoder step (grad_iter stage).")
 flags.DEFINE_integer("matmul_size", 0, "Side of the peak-measuring matmul (0 = by backend).")
+flags.DEFINE_integer("frames", 70, "Frames of the 480p video of `propagate`.")
 
 
 def _flops_of(compiled) -> float:
@@ -123,6 +126,34 @@ def bench_data(config) -> dict:
           "clips_per_s": config.data.batch_size * FLAGS.steps / seconds}
 
 
+def bench_propagate(config) -> dict:
+  """Label propagation (and object discovery) on a random 480p-sized video with
+  the configured model at initialisation: frames/s and peak memory."""
+  from smtc_jax.evaluation import discovery, evaluate  # pylint: disable=g-import-not-at-top
+  e = config.eval
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (FLAGS.frames, 480, 854, 3), dtype=np.uint8)
+  labels = np.zeros((FLAGS.frames, 480, 854), np.uint8)
+  labels[:, 100:300, 200:500] = 1
+  labels[:, 250:400, 550:800] = 2
+  predictor = evaluate.Predictor(config)
+  params = evaluate.untrained_params(config)
+  start = time.perf_counter()
+  evaluate.propagate(predictor, params, frames, labels, e)
+  propagate_s = time.perf_counter() - start
+  start = time.perf_counter()
+  outputs = predictor.clips(params, frames)
+  discovery.discover(outputs, config.data.num_frames, frames.shape[1:3],
+                     predictor.grid, e.instance_score, e.max_proposals)
+  discover_s = time.perf_counter() - start
+  memory, memory_kind = peak_memory_bytes()
+  return {"bench": "propagate", "frames": FLAGS.frames, "size": "854x480",
+          "feature_grid": list(predictor.feature_size((480, 854))),
+          "propagate_s": propagate_s, "propagate_frames_per_s": FLAGS.frames / propagate_s,
+          "discover_s": discover_s, "discover_frames_per_s": FLAGS.frames / discover_s,
+          "peak_memory_bytes": memory, "memory_kind": memory_kind}
+
+
 def _print(result: dict) -> None:
   for key, value in result.items():
     if isinstance(value, float):
@@ -132,10 +163,10 @@ def _print(result: dict) -> None:
 
 
 def main(argv):
-  if len(argv) != 2 or argv[1] not in ("step", "data"):
-    sys.exit("usage: python -m smtc_jax.bench step|data --config FILE [flags]")
-  config = FLAGS.config
-  _print(bench_step(config) if argv[1] == "step" else bench_data(config))
+  benches = {"step": bench_step, "data": bench_data, "propagate": bench_propagate}
+  if len(argv) != 2 or argv[1] not in benches:
+    sys.exit("usage: python -m smtc_jax.bench step|data|propagate --config FILE [flags]")
+  _print(benches[argv[1]](FLAGS.config))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
                           [--config.section.field=value ...]
 
 train: trains (resuming from DIR's latest checkpoint); export: writes the latest
-checkpoint's student and teacher parameters to DIR/export (or --export_dir).
+checkpoint's student and teacher parameters to DIR/export (or --export_dir);
+eval: object discovery and label propagation with baselines (smtc_jax/evaluation).
 """
 
 import os
@@ -18,7 +19,7 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the resolved config.")
-flags.DEFINE_enum("mode", "train", ["train", "export"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "export", "eval"], "What to run.")
 flags.DEFINE_string("export_dir", None, "Where --mode=export writes (default: WORKDIR/export).")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process GPU runs; "
                     "TPU pods and SLURM are detected automatically).")
@@ -29,16 +30,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run_export(config, workdir: str, export_dir: str | None) -> None:
   """Params-only export (student and teacher) of the latest checkpoint."""
-  # pylint: disable=g-import-not-at-top
-  from smtc_jax import checkpoint, sharding, train
-  from smtc_jax.models import smtc
-  model = smtc.build_model(config)
-  optimizer = train.make_optimizer(config)
-  state, _ = train.create_state(config, model, optimizer, sharding.make_mesh())
-  manager = checkpoint.make_manager(workdir, config)
-  if manager.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}")
-  state, _ = checkpoint.restore_latest(manager, state)
+  from smtc_jax import checkpoint, train  # pylint: disable=g-import-not-at-top
+  state = train.latest_state(config, workdir)
   out = checkpoint.export_params(state, export_dir or os.path.join(workdir, checkpoint.EXPORT_DIR))
   print(f"exported step {int(state.step)} to {out}")
 
@@ -65,6 +58,9 @@ def main(argv):
     train.train_and_evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == "export":
     run_export(config, FLAGS.workdir, FLAGS.export_dir)
+  elif FLAGS.mode == "eval":
+    from smtc_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+    evaluate.evaluate(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -186,6 +186,18 @@ def log_dir(config, workdir: str) -> str:
   return workdir
 
 
+def latest_state(config, workdir: str) -> TrainState:
+  """The train state of the workdir's latest checkpoint (for export and eval)."""
+  model = smtc.build_model(config)
+  optimizer = make_optimizer(config)
+  state, _ = create_state(config, model, optimizer, sharding.make_mesh())
+  manager = checkpoint.make_manager(workdir, config)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}")
+  state, _ = checkpoint.restore_latest(manager, state)
+  return state
+
+
 class MetricWriter:
   """TensorBoard scalars and a metrics.jsonl file, from process 0 only."""
 

@@ -1,0 +1,77 @@
+"""Label propagation with the CRW protocol (paper Table 4; Jabri et al. 2020).
+
+Each frame's labels are a softmax-weighted sum of the labels of a context: the
+first frame and the `video_len` preceding frames. A query cell only looks at
+context cells within `radius` feature cells, keeps the `topk` most similar,
+and weighs them with softmax(similarity / temperature). Features are
+L2-normalised per cell. Labels live on the feature grid and are upsampled to
+the image at the end.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def neighbourhood_mask(h: int, w: int, radius: float) -> jax.Array:
+  """(h*w, h*w) bool: cells within `radius` (Euclidean, in cells) of each other."""
+  ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  cells = np.stack([ys.ravel(), xs.ravel()], -1).astype(np.float32)
+  dist = np.linalg.norm(cells[:, None] - cells[None], axis=-1)
+  return jnp.asarray(dist <= radius)
+
+
+def propagate_step(query, context_feats, context_labels, near, *, topk: int, temperature: float):
+  """Labels (L, C) of one frame from its context.
+
+  query: (L, D) unit features; context_feats: (K, L, D); context_labels:
+  (K, L, C); near: (L, L) bool neighbourhood. Cells outside the radius never
+  contribute; of the rest, the top-k over all context frames do.
+  """
+  k, l, _ = context_feats.shape
+  sim = jnp.einsum("ld,kmd->lkm", query, context_feats)  # (L, K, L)
+  sim = jnp.where(near[:, None, :], sim, -jnp.inf).reshape(l, k * l)
+  top, idx = jax.lax.top_k(sim, topk)  # (L, topk)
+  weights = jax.nn.softmax(top / temperature, axis=-1)
+  weights = jnp.where(jnp.isfinite(top), weights, 0.0)
+  flat_labels = context_labels.reshape(k * l, -1)
+  return jnp.einsum("lt,ltc->lc", weights, flat_labels[idx])
+
+
+def propagate_video(features, first_labels, *, video_len: int, radius: float, topk: int,
+                    temperature: float):
+  """Propagate labels through a video.
+
+  features: (F, h, w, D); first_labels: (h, w, C) soft or one-hot labels of
+  frame 0 on the feature grid. Returns (F, h, w, C) label distributions (frame
+  0 is the given one).
+  """
+  f, h, w, d = features.shape
+  feats = features.reshape(f, h * w, d)
+  feats = feats / jnp.maximum(jnp.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
+  near = neighbourhood_mask(h, w, radius)
+  step = jax.jit(lambda q, cf, cl: propagate_step(q, cf, cl, near, topk=topk,
+                                                  temperature=temperature))
+  labels = [jnp.asarray(first_labels, jnp.float32).reshape(h * w, -1)]
+  for t in range(1, f):
+    previous = list(range(max(1, t - video_len), t))
+    context = [0] + previous
+    labels.append(step(feats[t], feats[np.asarray(context)],
+                       jnp.stack([labels[i] for i in context])))
+  return jnp.stack(labels).reshape(f, h, w, -1)
+
+
+def one_hot_on_grid(label_map: np.ndarray, num_labels: int, grid: tuple[int, int]) -> np.ndarray:
+  """(gh, gw, C) label fractions of an (H, W) integer map, by area averaging
+  (H and W are multiples of the grid)."""
+  height, width = label_map.shape
+  gh, gw = grid
+  one_hot = np.eye(num_labels, dtype=np.float32)[np.clip(label_map, 0, num_labels - 1)]
+  return one_hot.reshape(gh, height // gh, gw, width // gw, num_labels).mean(axis=(1, 3))
+
+
+def upsample_labels(labels, size: tuple[int, int]) -> np.ndarray:
+  """(F, h, w, C) distributions -> (F, H, W) argmax labels at image size."""
+  f, _, _, c = labels.shape
+  big = jax.image.resize(labels, (f, *size, c), "bilinear")
+  return np.asarray(jnp.argmax(big, axis=-1)).astype(np.uint8)

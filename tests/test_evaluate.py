@@ -1,0 +1,52 @@
+import os
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from smtc_jax import train
+from smtc_jax.evaluation import discovery, evaluate
+
+
+def test_clips_pad_the_last_clip_with_the_last_frame():
+  frames = np.arange(10)[:, None]
+  clips = discovery.clips_of(frames, 4)
+  assert clips.shape == (3, 4, 1)
+  np.testing.assert_array_equal(clips[-1, :, 0], [8, 9, 9, 9])
+
+
+def test_instances_are_linked_across_clips_by_their_object_vectors():
+  rng = np.random.default_rng(0)
+  base = rng.normal(size=(2, 4, 8))
+  base /= np.linalg.norm(base, axis=-1, keepdims=True)
+  perm = np.array([[2, 0, 3, 1], [1, 3, 0, 2]])
+  second = np.stack([base[n][perm[n]] for n in range(2)])  # clip 2 lists them shuffled
+  order = discovery.link_instances(np.stack([base, second]))
+  np.testing.assert_array_equal(order[0], np.tile(np.arange(4), (2, 1)))
+  for n in range(2):  # second[n][order] is base[n] again
+    np.testing.assert_allclose(second[n][order[1, n]], base[n])
+
+
+@pytest.mark.slow
+def test_eval_mode_reports_the_model_and_both_baselines(tmp_path, capsys):
+  config = tiny.get_config()
+  config.data.source = "synthetic"
+  config.data.layout = "davis"
+  config.data.batch_size = 2
+  config.data.num_workers = 0
+  s = config.data.synthetic
+  s.num_train, s.num_val, s.size, s.num_frames = 2, 2, 48, 10
+  config.train.num_steps = 2
+  config.train.async_checkpoints = False
+  config.eval.max_videos = 2
+  train.train_and_evaluate(config, str(tmp_path))
+  summary = evaluate.evaluate(config, str(tmp_path))
+  assert set(summary) == {"trained", "untrained", "trivial"}
+  for row in summary.values():
+    for value in row.values():
+      assert 0.0 <= value <= 1.0
+  out = capsys.readouterr().out
+  assert "official once-per-video" in out and "trivial" in out
+  assert os.path.exists(tmp_path / "eval" / "results.csv")
+  assert os.path.exists(tmp_path / "eval" / "overlays" / "val000.png")
+  assert len(os.listdir(tmp_path / "eval" / "discovery" / "val000")) == 10
