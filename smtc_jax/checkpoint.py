@@ -81,11 +81,16 @@ def _position_iterator(data_iter, step: int, missing: str) -> None:
 def export_params(state, directory: str) -> str:
   """Write {'params': student, 'ema_params': teacher} as an Orbax checkpoint.
   Refuses to overwrite an existing export."""
+  return export_params_tree({"params": state.params, "ema_params": state.ema_params}, directory)
+
+
+def export_params_tree(tree, directory: str) -> str:
+  """Write a params tree as an Orbax checkpoint; never over an existing one."""
   directory = _resolve(directory)
   if not is_remote(directory) and os.path.exists(directory):
     raise FileExistsError(f"{directory} exists; remove it or export elsewhere")
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(directory, {"params": state.params, "ema_params": state.ema_params})
+  checkpointer.save(directory, tree)
   checkpointer.wait_until_finished()
   return directory
 

@@ -7,6 +7,7 @@ stages share the LayerNorms, q/k/v projections and the slot update; all N
 semantics run in parallel as one batched einsum.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -82,6 +83,7 @@ class SemanticAwareSlotAttention(nn.Module):
   stages: str = "both"
   sample_grad: str = "reparam"
   detach_trick: bool = False
+  layer_norm_eps: float = 1e-5  # torch.nn.LayerNorm's default, as in the authors' code
   dtype: Any = jnp.float32
 
   def setup_checks(self):
@@ -100,13 +102,14 @@ class SemanticAwareSlotAttention(nn.Module):
     n = self.num_semantics
     dense = lambda name: nn.Dense(d, dtype=self.dtype, name=name)
     # Modules shared by every iteration of both stages, built once.
-    norm_slots = nn.LayerNorm(dtype=self.dtype, name="norm_slots")
-    norm_mlp = nn.LayerNorm(dtype=self.dtype, name="norm_mlp")
+    norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_eps, dtype=self.dtype)
+    norm_slots = norm(name="norm_slots")
+    norm_mlp = norm(name="norm_mlp")
     project_q = dense("project_q")
     mlp = MLP(max(d, self.mlp_min_hidden), self.dtype, name="mlp")
     gru = nn.GRUCell(d, dtype=self.dtype, name="gru") if self.slot_update == "gru" else None
 
-    inputs = nn.LayerNorm(dtype=self.dtype, name="norm_inputs")(inputs)
+    inputs = norm(name="norm_inputs")(inputs)
     keys = dense("project_k")(inputs)  # (B, L, D)
     values = dense("project_v")(inputs)  # (B, L, D)
     mu = self.param("mu", nn.initializers.normal(1.0), (n, d))

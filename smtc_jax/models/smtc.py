@@ -123,6 +123,7 @@ class SMTC(nn.Module):
     fused = self.fuse(feats, partner)  # (B, T, L, D)
     if instance_noise is None:
       instance_noise = jax.random.normal(self.make_rng(RNG_INSTANCE), (b, t, n, p, d))
+    p = instance_noise.shape[3]
     slots = self.slot_attention(fused.reshape(b * t, -1, d),
                                 instance_noise.reshape(b * t, n, p, d))
     out = {k: v.reshape(b, t, *v.shape[1:]) for k, v in slots.items()}
