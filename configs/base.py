@@ -11,7 +11,7 @@ import ml_collections
 def get_model_config() -> ml_collections.ConfigDict:
   """Encoder, fusion and semantic-aware masked slot attention (Sec. 3.1-3.3)."""
   m = ml_collections.ConfigDict()
-  m.encoder = "vit"  # vit | resnet (the ResNet arrives with the weights issue).
+  m.encoder = "vit"  # vit | resnet
   # ViT-S/16 in DINO's layout (Sec. 4.2).
   m.vit = ml_collections.ConfigDict()
   m.vit.patch_size = 16
@@ -22,6 +22,11 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.vit.qkv_bias = True  # DINO's released ViT-S/16 weights carry qkv biases.
   m.vit.pretrain_grid = 14  # 224 / 16: the grid the position embedding is stored at.
   m.vit.layer_norm_eps = 1e-6
+  # ResNet-50 in torchvision's layout (MoCo weights; BatchNorm statistics frozen).
+  m.resnet = ml_collections.ConfigDict()
+  m.resnet.stage_blocks = (3, 4, 6, 3)
+  m.resnet.stage_strides = (1, 2, 2, 2)
+  m.resnet.feature_stage = "res4"  # stride 16, 1024 channels at the default strides
   # What feeds slot attention: the last block's output tokens (paper, F_t of eq. 1)
   # or the last block's attention keys, heads concatenated (authors' code).
   m.features = "tokens"  # tokens | last_keys

@@ -137,12 +137,12 @@ def bench_propagate(config) -> dict:
   labels[:, 100:300, 200:500] = 1
   labels[:, 250:400, 550:800] = 2
   predictor = evaluate.Predictor(config)
-  params = evaluate.untrained_params(config)
+  variables = evaluate.untrained_variables(config)
   start = time.perf_counter()
-  evaluate.propagate(predictor, params, frames, labels, e)
+  evaluate.propagate(predictor, variables, frames, labels, e)
   propagate_s = time.perf_counter() - start
   start = time.perf_counter()
-  outputs = predictor.clips(params, frames)
+  outputs = predictor.clips(variables, frames)
   discovery.discover(outputs, config.data.num_frames, frames.shape[1:3],
                      predictor.grid, e.instance_score, e.max_proposals)
   discover_s = time.perf_counter() - start

@@ -81,7 +81,10 @@ def _position_iterator(data_iter, step: int, missing: str) -> None:
 def export_params(state, directory: str) -> str:
   """Write {'params': student, 'ema_params': teacher} as an Orbax checkpoint.
   Refuses to overwrite an existing export."""
-  return export_params_tree({"params": state.params, "ema_params": state.ema_params}, directory)
+  tree = {"params": state.params, "ema_params": state.ema_params}
+  if state.batch_stats:
+    tree["batch_stats"] = state.batch_stats
+  return export_params_tree(tree, directory)
 
 
 def export_params_tree(tree, directory: str) -> str:
@@ -121,6 +124,12 @@ def load_init_params(state, directory: str, scope: str):
   'all') by those of a params checkpoint."""
   tree = load_params(directory)
   params = tree.get("params", tree)
+  stats = tree.get("batch_stats", {})
+  if stats:
+    _check_same_shapes("batch_stats", state.batch_stats if scope == "all" else
+                       {"encoder": state.batch_stats.get("encoder", {})}, stats, directory)
+    state = state.replace(batch_stats={**state.batch_stats, **jax.tree.map(
+        lambda new: np.asarray(new, np.float32), stats)})
   if scope == "encoder":
     if "encoder" not in params:
       raise ValueError(f"{directory}: no 'encoder' parameters (top-level keys: {sorted(params)})")

@@ -209,8 +209,9 @@ def main(argv=None) -> int:
     tree = {"params": {"encoder": variables["params"]}}
   elif args.kind == "moco_resnet50":
     _, variables = resnet50_to_flax(loaded)
-    tree = {"params": {"encoder": variables["params"]},
-            "batch_stats": {"encoder": variables["batch_stats"]}}
+    # As smtc_jax.models.resnet.ResNetEncoder nests it.
+    tree = {"params": {"encoder": {"backbone": variables["params"]}},
+            "batch_stats": {"encoder": {"backbone": variables["batch_stats"]}}}
   else:
     _, variables = smtc_torch_to_flax(loaded)
     tree = {"params": variables["params"], "ema_params": variables["params"]}

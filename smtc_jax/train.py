@@ -29,6 +29,7 @@ class TrainState:
   step: jax.Array
   params: Any  # the student
   ema_params: Any  # the EMA teacher (eq. 14)
+  batch_stats: Any  # frozen BatchNorm statistics (ResNet encoder; {} for the ViT)
   opt_state: Any
   rng: jax.Array
 
@@ -102,9 +103,16 @@ def init_state(config, model, rng, optimizer) -> TrainState:
   d = config.data
   clip = jnp.zeros((1, d.num_frames, *d.resolution, 3), jnp.float32)
   params_rng, init_rng, state_rng = jax.random.split(rng, 3)
-  params = model.init({"params": params_rng, **model_rngs(init_rng)}, clip)["params"]
+  variables = model.init({"params": params_rng, **model_rngs(init_rng)}, clip)
+  params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                    batch_stats=variables.get("batch_stats", {}),
                     opt_state=optimizer.init(params), rng=state_rng)
+
+
+def model_variables(params, batch_stats):
+  """The variables model.apply takes: params, and BatchNorm statistics if any."""
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
 def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_encoder: bool):
@@ -116,7 +124,8 @@ def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_enc
   """
   rng = jax.random.fold_in(state.rng, state.step)
   student_rng, teacher_rng = jax.random.split(rng)
-  teacher = model.apply({"params": state.ema_params}, normalize(batch["teacher"], config),
+  teacher = model.apply(model_variables(state.ema_params, state.batch_stats),
+                        normalize(batch["teacher"], config),
                         rngs=model_rngs(teacher_rng))
   teacher = jax.lax.stop_gradient(teacher)
   student_clip = normalize(batch["student"], config)
@@ -124,7 +133,8 @@ def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_enc
   def loss_fn(params):
     if freeze_encoder:
       params = {**params, ENCODER: jax.lax.stop_gradient(params[ENCODER])}
-    student = model.apply({"params": params}, student_clip, rngs=model_rngs(student_rng))
+    student = model.apply(model_variables(params, state.batch_stats), student_clip,
+                          rngs=model_rngs(student_rng))
     return losses.smtc_loss(student, teacher, config)
 
   (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -200,3 +200,32 @@ def _tiny_reference_config():
   config.model.mlp_min_hidden = 64
   config.data.resolution = (32, 32)
   return config
+
+
+@pytest.mark.parity
+def test_moco_checkpoint_initialises_the_resnet_encoder(tmp_path):
+  torch = pytest.importorskip("torch")
+  torchvision = pytest.importorskip("torchvision")
+  reference = torchvision.models.resnet50(weights=None)
+  _randomize(reference, torch)
+  pth = tmp_path / "moco.pth.tar"
+  torch.save({"state_dict": {f"module.encoder_q.{k}": v for k, v in
+                             reference.state_dict().items()}}, pth)
+  out = tmp_path / "moco_flax"
+  proc = subprocess.run([sys.executable, "-m", "smtc_jax.convert", "--kind", "moco_resnet50",
+                         "--input", str(pth), "--output", str(out)], cwd=REPO,
+                        capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  from configs import tiny
+  from smtc_jax import sharding, train
+  from smtc_jax.models import smtc
+  config = tiny.get_config()
+  config.model.encoder = "resnet"
+  config.data.resolution = (64, 64)
+  config.init.checkpoint = str(out)
+  model = smtc.build_model(config)
+  state, _ = train.create_state(config, model, train.make_optimizer(config), sharding.make_mesh())
+  np.testing.assert_allclose(state.params["encoder"]["backbone"]["conv1"]["kernel"],
+                             reference.conv1.weight.detach().numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_allclose(state.batch_stats["encoder"]["backbone"]["bn1"]["var"],
+                             reference.bn1.running_var.numpy())

@@ -50,3 +50,25 @@ def test_eval_mode_reports_the_model_and_both_baselines(tmp_path, capsys):
   assert os.path.exists(tmp_path / "eval" / "results.csv")
   assert os.path.exists(tmp_path / "eval" / "overlays" / "val000.png")
   assert len(os.listdir(tmp_path / "eval" / "discovery" / "val000")) == 10
+
+
+def test_first_stage_only_proposals_are_the_large_semantic_masks():
+  # One clip of 2 frames, N = 3 semantics on a 2 x 2 grid, P = 2.
+  semantic = np.zeros((1, 2, 3, 4), np.float32)
+  semantic[:, :, 0] = [0.9, 0.9, 0.9, 0.1]  # covers 3/4 of the frame
+  semantic[:, :, 1] = [0.05, 0.05, 0.05, 0.8]  # 1/4
+  semantic[:, :, 2] = [0.05, 0.05, 0.05, 0.1]  # nowhere
+  rng = np.random.default_rng(0)
+  outputs = {
+      "semantic_masks": semantic,
+      "semantic_slots": rng.normal(size=(1, 2, 3, 8)),
+      "instance_slots": rng.normal(size=(1, 2, 3, 2, 8)),
+      "objects": rng.normal(size=(1, 2, 3, 2, 8)),
+      "object_masks": np.repeat(semantic[:, :, :, None] / 2, 2, axis=3),
+  }
+  proposals, semantic_map = discovery.discover(outputs, 2, (4, 4), (2, 2), 0.5, 20,
+                                               first_stage_only=True, area_tau=0.3, mask_tau=0.5)
+  # Semantic 1 wins the bottom-right quarter but covers 1/4 < 0.3: background.
+  assert set(np.unique(proposals)) == {0, 1}
+  assert (proposals[:, :2, :2] == 1).all()
+  assert semantic_map.shape == (2, 4, 4)

@@ -52,10 +52,14 @@ def upsampled_argmax(maps, size: tuple[int, int]) -> np.ndarray:
 
 
 def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: tuple[int, int],
-             score_threshold: float, max_proposals: int):
+             score_threshold: float, max_proposals: int, first_stage_only: bool = False,
+             area_tau: float = 0.2, mask_tau: float = 0.5):
   """Label maps of a video from the model outputs of its clips.
 
-  outputs: model outputs with a leading clip axis (C, T, ...). Returns
+  outputs: model outputs with a leading clip axis (C, T, ...). With
+  `first_stage_only` (SMTC-dagger, Table 2) the proposals are the semantic masks
+  themselves: semantic n is a candidate in a frame when its mask (probability >
+  mask_tau) covers at least area_tau of it (the first criterion of eq. 11). Returns
   (proposals (F, H, W) uint8 with ids 1..K <= max_proposals, semantic (F, H, W)
   uint8 argmax semantic + 1), for all C * T frames (the caller drops the padding).
   """
@@ -66,13 +70,19 @@ def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: 
   take = lambda x: np.take_along_axis(x, order[:, None, :, :].reshape(c, 1, n, p, *[1] * (x.ndim - 4)),
                                       axis=3)
   scores = take(scores)
-  masks = take(np.asarray(outputs["object_masks"]))  # (C, T, N, P, L)
-  masks = masks.reshape(c * t, n * p, *grid).transpose(0, 2, 3, 1)  # (C*T, h, w, N*P)
   semantic = np.asarray(outputs["semantic_masks"]).reshape(c * t, n, *grid).transpose(0, 2, 3, 1)
-  candidate = (scores >= score_threshold).reshape(c * t, n * p)
+  if first_stage_only:
+    masks = semantic
+    candidate = (semantic > mask_tau).mean(axis=(1, 2)) >= area_tau  # (C*T, N)
+    p = 1
+  else:
+    masks = take(np.asarray(outputs["object_masks"]))  # (C, T, N, P, L)
+    masks = masks.reshape(c * t, n * p, *grid).transpose(0, 2, 3, 1)  # (C*T, h, w, N*P)
+    candidate = (scores >= score_threshold).reshape(c * t, n * p)
   # Upsample one frame at a time: a 480p frame of N*P masks is ~100 MB.
   winner = np.stack([upsampled_argmax(m, image_size) for m in masks])  # (C*T, H, W)
-  semantic_map = np.stack([upsampled_argmax(m, image_size) for m in semantic])
+  semantic_map = winner if first_stage_only else np.stack(
+      [upsampled_argmax(m, image_size) for m in semantic])
   is_candidate = np.take_along_axis(candidate[:, None, None, :], winner[..., None], -1)[..., 0]
   ids = np.where(is_candidate, winner + 1, 0)
   # Renumber by area; keep the largest max_proposals.

@@ -34,22 +34,24 @@ def load_video(root: str, name: str):
   return frames, labels(synthetic.UNSUPERVISED_DIR), labels(synthetic.ANNOTATION_DIR)
 
 
-def trained_params(config, workdir: str):
+def trained_variables(config, workdir: str):
   """The evaluated weights: WORKDIR/export if there, else the latest checkpoint."""
   export = os.path.join(workdir, checkpoint.EXPORT_DIR)
   if os.path.isdir(export):
     logging.info("evaluating %s of %s", config.eval.params, export)
-    return checkpoint.load_params(export)[config.eval.params]
-  return jax.device_get(getattr(train.latest_state(config, workdir), config.eval.params))
+    tree = checkpoint.load_params(export)
+    return train.model_variables(tree[config.eval.params], tree.get("batch_stats", {}))
+  state = jax.device_get(train.latest_state(config, workdir))
+  return train.model_variables(getattr(state, config.eval.params), state.batch_stats)
 
 
-def untrained_params(config):
+def untrained_variables(config):
+  """The model at initialisation, drawn as train.init_state draws it."""
   model = smtc.build_model(config)
   d = config.data
-  rng = jax.random.PRNGKey(config.seed)
-  params_rng, init_rng, _ = jax.random.split(rng, 3)  # as train.init_state draws them
+  params_rng, init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   clip = jnp.zeros((1, d.num_frames, *d.resolution, 3), jnp.float32)
-  return model.init({"params": params_rng, **train.model_rngs(init_rng)}, clip)["params"]
+  return model.init({"params": params_rng, **train.model_rngs(init_rng)}, clip)
 
 
 class Predictor:
@@ -61,13 +63,13 @@ class Predictor:
     self.size = tuple(config.data.resolution)
     self.grid = tuple(r // smtc.encoder_stride(config) for r in self.size)
     rngs = train.model_rngs(jax.random.PRNGKey(config.seed))
-    self._apply = jax.jit(lambda params, clip: self.model.apply(
-        {"params": params}, train.normalize(clip, config), rngs=rngs))
+    self._apply = jax.jit(lambda variables, clip: self.model.apply(
+        variables, train.normalize(clip, config), rngs=rngs))
 
-  def clips(self, params, frames):
+  def clips(self, variables, frames):
     small = discovery.resize_frames(frames, self.size)
     clips = discovery.clips_of(small, self.config.data.num_frames)
-    outs = [self._apply(params, jnp.asarray(c[None])) for c in clips]
+    outs = [self._apply(variables, jnp.asarray(c[None])) for c in clips]
     return jax.tree.map(lambda *x: np.concatenate([np.asarray(v) for v in x]), *outs)
 
   def feature_size(self, image_size):
@@ -76,12 +78,12 @@ class Predictor:
     stride = smtc.encoder_stride(self.config)
     return tuple(max(stride, (s // stride) * stride) for s in image_size)
 
-  def features(self, params, frames):
+  def features(self, variables, frames):
     """(F, h, w, D) encoder features of every frame at the propagation size."""
     small = discovery.resize_frames(frames, self.feature_size(frames.shape[1:3]))
-    encode = jax.jit(lambda p, x: self.model.apply(
-        {"params": p}, train.normalize(x, self.config), method=smtc.SMTC.encode))
-    return jnp.stack([encode(params, jnp.asarray(f[None, None]))[0, 0] for f in small])
+    encode = jax.jit(lambda v, x: self.model.apply(
+        v, train.normalize(x, self.config), method=smtc.SMTC.encode))
+    return jnp.stack([encode(variables, jnp.asarray(f[None, None]))[0, 0] for f in small])
 
 
 def score_discovery(gt, proposals, matching: str):
@@ -102,8 +104,8 @@ def score_propagation(gt, predicted):
           np.mean([davis.statistics(x)[0] for x in f])) / 2
 
 
-def propagate(predictor, params, frames, gt, e):
-  feats = predictor.features(params, frames)
+def propagate(predictor, variables, frames, gt, e):
+  feats = predictor.features(variables, frames)
   num = int(gt.max()) + 1
   size = predictor.feature_size(frames.shape[1:3])
   first = propagation.one_hot_on_grid(_resize_labels(gt[0], size), num, feats.shape[1:3])
@@ -148,24 +150,26 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     videos = [line.strip() for line in f if line.strip()]
   videos = videos[:e.max_videos] if e.max_videos else videos
   predictor = Predictor(config)
-  methods = {"trained": trained_params(config, workdir), "untrained": untrained_params(config)}
+  methods = {"trained": trained_variables(config, workdir),
+             "untrained": untrained_variables(config)}
   out_dir = os.path.join(workdir, EVAL_DIR)
   rows = {m: {"iou": [], "jf_discovery": [], "jf_propagation": []}
           for m in (*methods, "trivial")}
   for index, name in enumerate(videos):
     frames, gt_unsup, gt_semi = load_video(root, name)
     count = frames.shape[0]
-    for method, params in methods.items():
-      outputs = predictor.clips(params, frames)
+    for method, variables in methods.items():
+      outputs = predictor.clips(variables, frames)
       proposals, semantic = discovery.discover(
           outputs, config.data.num_frames, frames.shape[1:3], predictor.grid,
-          e.instance_score, e.max_proposals)
+          e.instance_score, e.max_proposals, first_stage_only=e.first_stage_only,
+          area_tau=config.loss.tau1, mask_tau=config.loss.valid_mask_tau)
       proposals, semantic = proposals[:count], semantic[:count]
       iou, jf = score_discovery(gt_unsup, proposals, e.unsupervised_matching)
       rows[method]["iou"].append(iou)
       rows[method]["jf_discovery"].append(jf)
       rows[method]["jf_propagation"].append(
-          score_propagation(gt_semi, propagate(predictor, params, frames, gt_semi, e)))
+          score_propagation(gt_semi, propagate(predictor, variables, frames, gt_semi, e)))
       if method == "trained":
         for t in range(count):
           palette.write_palette_png(os.path.join(out_dir, "discovery", name, f"{t:05d}.png"),
@@ -194,7 +198,8 @@ def _report(summary, out_dir, e, count, root) -> None:
     for method, r in summary.items():
       writer.writerow([method, f"{r['iou']:.4f}", f"{r['jf_discovery']:.4f}",
                        f"{r['jf_propagation']:.4f}"])
-  print(f"{count} videos of {root} ({e.split}); multi-object J&F uses "
+  stages = "first stage only (SMTC-dagger)" if e.first_stage_only else "both stages"
+  print(f"{count} videos of {root} ({e.split}), {stages}; multi-object J&F uses "
         f"{'the official once-per-video' if e.unsupervised_matching == 'video' else 'the per-frame (authors repo, NOT official)'} assignment")
   print(f"{'method':12s} {'IoU':>8s} {'J&F disc.':>10s} {'J&F prop.':>10s}")
   labels = {"trained": "trained", "untrained": "untrained", "trivial": "trivial*"}

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 STAGE_BLOCKS = (3, 4, 6, 3)
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -70,3 +71,22 @@ class ResNet(nn.Module):
 
 
 ResNet50 = functools.partial(ResNet, stage_blocks=STAGE_BLOCKS)
+
+
+def feature_stride(stage: str, stage_strides: Sequence[int]) -> int:
+  """Pixels per cell of stage 'res2'..'res5': the stem's 4 times the stage strides."""
+  index = int(stage[3:]) - 1  # res2 -> layer1
+  return 4 * int(np.prod(stage_strides[:index]))
+
+
+class ResNetEncoder(nn.Module):
+  """ResNet as the SMTC encoder: 'tokens' are the feature map of `feature_stage`."""
+  stage_blocks: Sequence[int] = STAGE_BLOCKS
+  stage_strides: Sequence[int] = (1, 2, 2, 2)
+  feature_stage: str = "res4"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    out = ResNet(self.stage_blocks, self.stage_strides, self.dtype, name="backbone")(images)
+    return {"tokens": out[self.feature_stage], **out}

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from smtc_jax.models import resnet
 from smtc_jax.models.slot_attention import MLP, SemanticAwareSlotAttention
 from smtc_jax.models.vit import VisionTransformer
 
@@ -81,6 +82,8 @@ class SMTC(nn.Module):
     if self.features == "tokens":
       feats = out["tokens"]
     elif self.features == "last_keys":
+      if "keys" not in out:
+        raise ValueError("model.features='last_keys' needs the ViT encoder")
       feats = out["keys"]
     else:
       raise ValueError(f"model.features must be 'tokens' or 'last_keys', got {self.features!r}")
@@ -146,12 +149,20 @@ def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
         patch_size=v.patch_size, dim=v.dim, depth=v.depth, num_heads=v.num_heads,
         mlp_ratio=v.mlp_ratio, qkv_bias=v.qkv_bias, pretrain_grid=v.pretrain_grid,
         layer_norm_eps=v.layer_norm_eps, remat=m.remat, dtype=dtype)
-  raise ValueError(f"model.encoder must be 'vit', got {m.encoder!r}")
+  if m.encoder == "resnet":
+    r = m.resnet
+    return resnet.ResNetEncoder(stage_blocks=tuple(r.stage_blocks),
+                                stage_strides=tuple(r.stage_strides),
+                                feature_stage=r.feature_stage, dtype=dtype)
+  raise ValueError(f"model.encoder must be 'vit' or 'resnet', got {m.encoder!r}")
 
 
 def encoder_stride(config: ml_collections.ConfigDict) -> int:
   """Pixels per feature cell of the configured encoder."""
-  return config.model.vit.patch_size
+  m = config.model
+  if m.encoder == "resnet":
+    return resnet.feature_stride(m.resnet.feature_stage, m.resnet.stage_strides)
+  return m.vit.patch_size
 
 
 def build_model(config: ml_collections.ConfigDict) -> SMTC:
