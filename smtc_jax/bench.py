@@ -5,8 +5,9 @@
   python -m smtc_jax.bench propagate --config configs/X.py [--frames 70]
 
 `step` compiles and times the real jitted train step (median of --steps after
---warmup, block_until_ready), reads its FLOPs from XLA's cost analysis, measures
-this machine's dense matmul peak in the same run, and prints the ratio. `data`
+--warmup, block_until_ready), reads its FLOPs from XLA's cost analysis and its
+activation memory (temporary buffers) from XLA's memory analysis, measures this
+machine's dense matmul peak in the same run, and prints the ratio. `data`
 times the grain input pipeline in clips/s; `propagate` runs label propagation
 and object discovery on a random 854x480 video. Each ends with one JSON line.
 """
@@ -85,6 +86,8 @@ def bench_step(config) -> dict:
   compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   flops = _flops_of(compiled)
+  analysis = compiled.memory_analysis()  # XLA's own plan: comparable across backends
+  temp_bytes = float(getattr(analysis, "temp_size_in_bytes", float("nan")))
   holder = [state]
 
   def one():
@@ -104,7 +107,8 @@ def bench_step(config) -> dict:
       "compile_s": compile_s, "step_s": step_s, "clips_per_s": d.batch_size / step_s,
       "step_flops": flops, "achieved_flops_per_s": achieved,
       "matmul_peak_f32": peak_f32, "matmul_peak_bf16": peak_bf16,
-      "mfu_vs_f32_peak": achieved / peak_f32, "peak_memory_bytes": memory,
+      "mfu_vs_f32_peak": achieved / peak_f32, "xla_temp_bytes": temp_bytes,
+      "peak_memory_bytes": memory,
       "memory_kind": memory_kind,
   }
 

@@ -169,6 +169,7 @@ def test_smtc_checkpoint_converts_to_the_reference_model():
   assert out["objects"].shape == (1, 2, 4, 3, 64)
 
 
+@pytest.mark.parity
 def test_conversion_cli_round_trips_into_training_and_evaluation(tmp_path):
   torch = pytest.importorskip("torch")
   pth = tmp_path / "smtc.pth"
