@@ -103,8 +103,9 @@ def get_data_config() -> ml_collections.ConfigDict:
   """Clip sampling and input size (Sec. 4.2, Table 8)."""
   d = ml_collections.ConfigDict()
   d.num_frames = 4  # T
-  d.fps = 4  # sampling rate; with 24-30 fps sources this is a frame stride `gap`.
-  d.gap = 4  # frame stride between sampled frames (code's `gap`).
+  # The sampling rate (Table 8's FPS) as a frame stride between sampled frames
+  # (the code's `gap`): 4 in the paper's recipe.
+  d.gap = 4
   d.resolution = (256, 256)
   d.mean = (0.485, 0.456, 0.406)  # ImageNet statistics (training and evaluation).
   d.std = (0.229, 0.224, 0.225)
