@@ -70,11 +70,8 @@ def peak_memory_bytes() -> tuple[float, str]:
 
 def bench_step(config) -> dict:
   from smtc_jax import sharding, train  # pylint: disable=g-import-not-at-top
-  from smtc_jax.models import smtc  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh()
-  model = smtc.build_model(config)
-  optimizer = train.make_optimizer(config)
-  state, state_sharding = train.create_state(config, model, optimizer, mesh)
+  model, optimizer, state, state_sharding = train.build(config, mesh)
   steps = train.compile_train_steps(config, model, optimizer, mesh, state_sharding)
   step_fn = steps[FLAGS.frozen]
   d = config.data

@@ -119,6 +119,11 @@ def _check_same_shapes(name: str, expected, given, origin: str) -> None:
                      f"{[(k, tuple(got[k].shape), tuple(exp[k].shape)) for k in wrong[:8]]}")
 
 
+def _put_like(old, new):
+  """`new`'s values with `old`'s dtypes and device shardings."""
+  return jax.tree.map(lambda o, n: jax.device_put(np.asarray(n, o.dtype), o.sharding), old, new)
+
+
 def load_init_params(state, directory: str, scope: str):
   """Replace the student's and teacher's parameters in `scope` ('encoder' or
   'all') by those of a params checkpoint."""
@@ -134,13 +139,10 @@ def load_init_params(state, directory: str, scope: str):
     if "encoder" not in params:
       raise ValueError(f"{directory}: no 'encoder' parameters (top-level keys: {sorted(params)})")
     _check_same_shapes("encoder", state.params["encoder"], params["encoder"], directory)
-    place = lambda p, x: {**p, "encoder": jax.tree.map(
-        lambda old, new: jax.device_put(np.asarray(new, old.dtype), old.sharding),
-        p["encoder"], x["encoder"])}
+    place = lambda p, x: {**p, "encoder": _put_like(p["encoder"], x["encoder"])}
   elif scope == "all":
     _check_same_shapes("params", state.params, params, directory)
-    place = lambda p, x: jax.tree.map(
-        lambda old, new: jax.device_put(np.asarray(new, old.dtype), old.sharding), p, x)
+    place = _put_like
   else:
     raise ValueError(f"init.scope must be 'encoder' or 'all', got {scope!r}")
   logging.info("initialised %s parameters from %s", scope, directory)

@@ -98,12 +98,19 @@ def model_rngs(rng):
   return {smtc.RNG_INSTANCE: instance, smtc.RNG_PARTNER: partner}
 
 
-def init_state(config, model, rng, optimizer) -> TrainState:
-  """Student and teacher start equal (as the code's load_state_dict)."""
+def init_variables(config, model, rng):
+  """(variables, rng left for the train state): the model initialised on a
+  dummy clip of the configured size. Evaluation's untrained baseline draws its
+  weights here too, so it is the trained run's step 0."""
   d = config.data
   clip = jnp.zeros((1, d.num_frames, *d.resolution, 3), jnp.float32)
   params_rng, init_rng, state_rng = jax.random.split(rng, 3)
-  variables = model.init({"params": params_rng, **model_rngs(init_rng)}, clip)
+  return model.init({"params": params_rng, **model_rngs(init_rng)}, clip), state_rng
+
+
+def init_state(config, model, rng, optimizer) -> TrainState:
+  """Student and teacher start equal (as the code's load_state_dict)."""
+  variables, state_rng = init_variables(config, model, rng)
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                     batch_stats=variables.get("batch_stats", {}),
@@ -196,11 +203,18 @@ def log_dir(config, workdir: str) -> str:
   return workdir
 
 
-def latest_state(config, workdir: str) -> TrainState:
-  """The train state of the workdir's latest checkpoint (for export and eval)."""
+def build(config, mesh):
+  """(model, optimizer, state, state_sharding) of a config: the state created
+  on the mesh (and initialised from init.checkpoint if set)."""
   model = smtc.build_model(config)
   optimizer = make_optimizer(config)
-  state, _ = create_state(config, model, optimizer, sharding.make_mesh())
+  state, state_sharding = create_state(config, model, optimizer, mesh)
+  return model, optimizer, state, state_sharding
+
+
+def latest_state(config, workdir: str) -> TrainState:
+  """The train state of the workdir's latest checkpoint (for export and eval)."""
+  _, _, state, _ = build(config, sharding.make_mesh())
   manager = checkpoint.make_manager(workdir, config)
   if manager.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}")
@@ -259,9 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       global_batch=config.data.batch_size, process_index=jax.process_index(),
       process_count=jax.process_count())
   data_iter = pipeline.make_iterator(dataset, config.data.num_workers, config.data.prefetch)
-  model = smtc.build_model(config)
-  optimizer = make_optimizer(config)
-  state, state_sharding = create_state(config, model, optimizer, mesh)
+  model, optimizer, state, state_sharding = build(config, mesh)
   manager = checkpoint.make_manager(workdir, config)
   state, data_iter = checkpoint.restore_latest(manager, state, data_iter)
   start = int(state.step)

@@ -141,6 +141,12 @@ def read_label_png(path: str) -> np.ndarray:
     raise ValueError(f"cannot read mask {path}: {e}") from e
 
 
+def mean_jf(j, f) -> float:
+  """J&F-Mean of one sequence from per-object, per-frame J and F."""
+  return float((np.mean([statistics(x)[0] for x in j]) +
+                np.mean([statistics(x)[0] for x in f])) / 2)
+
+
 def object_masks(labels, num_objects: int):
   """(num_objects, F, H, W) boolean masks of labels 1..num_objects."""
   ids = np.arange(1, num_objects + 1)[:, None, None, None]
@@ -198,7 +204,8 @@ def evaluate_sequence(gt_labels, res_labels, task: str, matching: str = "video",
   raise ValueError(f"matching must be 'video' or 'frame', got {matching!r}")
 
 
-def _read_sequence(davis_path: str, sequence: str, gt_dir: str):
+def read_annotations(davis_path: str, sequence: str, gt_dir: str):
+  """(frame names, (F, H, W) labels) of a sequence's annotation folder."""
   mask_dir = os.path.join(davis_path, gt_dir, sequence)
   if not os.path.isdir(mask_dir):
     raise FileNotFoundError(f"annotations folder {mask_dir} for sequence {sequence} not found")
@@ -213,7 +220,7 @@ def _score_sequence(sequence, davis_path, results_path, task, matching):
   """(sequence, (J, F)) of one sequence folder against its ground truth."""
   gt_dir = os.path.join("Annotations" if task == "semi-supervised" else
                         "Annotations_unsupervised", "480p")
-  names, gt = _read_sequence(davis_path, sequence, gt_dir)
+  names, gt = read_annotations(davis_path, sequence, gt_dir)
   num_objects = int(np.where(gt[0] == VOID_LABEL, 0, gt[0]).max())  # on the first frame
   if task == "semi-supervised":  # first and last frames are not scored
     names, gt = names[1:-1], gt[1:-1]

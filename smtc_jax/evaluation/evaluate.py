@@ -25,12 +25,7 @@ def load_video(root: str, name: str):
   """Frames (F, H, W, 3) uint8, instance labels (F, H, W) from both annotation sets."""
   frames = np.stack([sources.load_frame(p) for p in
                      sources.list_frames(os.path.join(root, synthetic.IMAGE_DIR, name))])
-  def labels(sub):
-    folder = os.path.join(root, sub, name)
-    if not os.path.isdir(folder):
-      raise FileNotFoundError(f"annotations {folder} not found")
-    return np.stack([palette.read_palette_png(os.path.join(folder, f))
-                     for f in sorted(os.listdir(folder)) if f.endswith(".png")])
+  labels = lambda sub: davis.read_annotations(root, name, sub)[1]
   return frames, labels(synthetic.UNSUPERVISED_DIR), labels(synthetic.ANNOTATION_DIR)
 
 
@@ -46,12 +41,10 @@ def trained_variables(config, workdir: str):
 
 
 def untrained_variables(config):
-  """The model at initialisation, drawn as train.init_state draws it."""
-  model = smtc.build_model(config)
-  d = config.data
-  params_rng, init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-  clip = jnp.zeros((1, d.num_frames, *d.resolution, 3), jnp.float32)
-  return model.init({"params": params_rng, **train.model_rngs(init_rng)}, clip)
+  """The model at initialisation: the trained run's step 0 (same seed)."""
+  variables, _ = train.init_variables(config, smtc.build_model(config),
+                                      jax.random.PRNGKey(config.seed))
+  return variables
 
 
 class Predictor:
@@ -65,6 +58,8 @@ class Predictor:
     rngs = train.model_rngs(jax.random.PRNGKey(config.seed))
     self._apply = jax.jit(lambda variables, clip: self.model.apply(
         variables, train.normalize(clip, config), rngs=rngs))
+    self._encode = jax.jit(lambda variables, clip: self.model.apply(
+        variables, train.normalize(clip, config), method=smtc.SMTC.encode))
 
   def clips(self, variables, frames):
     small = discovery.resize_frames(frames, self.size)
@@ -81,27 +76,20 @@ class Predictor:
   def features(self, variables, frames):
     """(F, h, w, D) encoder features of every frame at the propagation size."""
     small = discovery.resize_frames(frames, self.feature_size(frames.shape[1:3]))
-    encode = jax.jit(lambda v, x: self.model.apply(
-        v, train.normalize(x, self.config), method=smtc.SMTC.encode))
-    return jnp.stack([encode(variables, jnp.asarray(f[None, None]))[0, 0] for f in small])
+    return jnp.stack([self._encode(variables, jnp.asarray(f[None, None]))[0, 0] for f in small])
 
 
 def score_discovery(gt, proposals, matching: str):
   """(single-object IoU, multi-object J&F) of one video."""
   iou = float(np.mean(davis.j_measures(gt > 0, proposals > 0)))
-  j, f = davis.evaluate_sequence(gt, proposals, "unsupervised", matching)
-  jm = np.mean([davis.statistics(x)[0] for x in j])
-  fm = np.mean([davis.statistics(x)[0] for x in f])
-  return iou, (jm + fm) / 2
+  return iou, davis.mean_jf(*davis.evaluate_sequence(gt, proposals, "unsupervised", matching))
 
 
 def score_propagation(gt, predicted):
   """Semi-supervised J&F of one video (first and last frames excluded)."""
   num_objects = int(gt[0].max())
-  j, f = davis.evaluate_sequence(gt[1:-1], predicted[1:-1], "semi-supervised",
-                                 num_objects=num_objects)
-  return (np.mean([davis.statistics(x)[0] for x in j]) +
-          np.mean([davis.statistics(x)[0] for x in f])) / 2
+  return davis.mean_jf(*davis.evaluate_sequence(gt[1:-1], predicted[1:-1], "semi-supervised",
+                                                num_objects=num_objects))
 
 
 def propagate(predictor, variables, frames, gt, e):
@@ -146,8 +134,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   root = e.data_path or os.path.join(workdir, "synthetic_data")
   if not e.data_path:
     synthetic.ensure_synthetic_davis(root, synthetic.SyntheticSpec(**config.data.synthetic.to_dict()))
-  with open(os.path.join(root, "ImageSets", "2017", f"{e.split}.txt")) as f:
-    videos = [line.strip() for line in f if line.strip()]
+  videos = davis.read_sequences(root, e.split)
   videos = videos[:e.max_videos] if e.max_videos else videos
   predictor = Predictor(config)
   methods = {"trained": trained_variables(config, workdir),
