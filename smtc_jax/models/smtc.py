@@ -89,27 +89,36 @@ class SMTC(nn.Module):
       raise ValueError(f"model.features must be 'tokens' or 'last_keys', got {self.features!r}")
     return feats.reshape(b, t, *feats.shape[1:])
 
-  def fuse(self, feats, partner):
-    """R_t = h_f(F_t) + h_c(C_tj) (eq. 2-3). feats: (B, T, h, w, D); partner: (B, T)."""
+  def correlation_head(self, tokens, feats, partner):
+    """h_c(C_tj) (eq. 2-3): (B, T, L, D) from tokens (B, T, L, D), the grid
+    features (B, T, h, w, D) and the partner index (B, T)."""
     b, t, h, w, d = feats.shape
     grid = resize_grid(feats.reshape(b * t, h, w, d), self.corr_grid)
     grid = grid.reshape(b, t, -1, d)  # (B, T, G, D)
     partner_feats = jnp.take_along_axis(grid, partner[:, :, None, None], axis=1)
-    tokens = feats.reshape(b, t, h * w, d)
     corr = jnp.einsum("btld,btgd->btlg", tokens, partner_feats)  # C_tj, (B, T, L, G)
-    h_c = nn.Dense(d, dtype=self.dtype, name="h_c")(corr)  # linear over the G axis
+    return nn.Dense(d, dtype=self.dtype, name="h_c")(corr)  # linear over the G axis
+
+  def feature_head(self, tokens):
+    """h_f(F_t) (eq. 3): a linear head (paper) or the identity (code)."""
     if self.fusion == "paper":
-      h_f = nn.Dense(d, dtype=self.dtype, name="h_f")(tokens)
-    elif self.fusion == "reference":
-      h_f = tokens  # code: identity
-    else:
-      raise ValueError(f"model.fusion must be 'paper' or 'reference', got {self.fusion!r}")
+      return nn.Dense(tokens.shape[-1], dtype=self.dtype, name="h_f")(tokens)
+    if self.fusion == "reference":
+      return tokens
+    raise ValueError(f"model.fusion must be 'paper' or 'reference', got {self.fusion!r}")
+
+  def fuse(self, feats, partner):
+    """Slot-attention input (Table 6): R_t = h_f(F_t) + h_c(C_tj) (eq. 3), or one
+    of its terms; only the heads the input uses are built and computed.
+    feats: (B, T, h, w, D); partner: (B, T)."""
+    b, t, h, w, d = feats.shape
+    tokens = feats.reshape(b, t, h * w, d)
     if self.slot_input == "fused":
-      return h_f + h_c
+      return self.feature_head(tokens) + self.correlation_head(tokens, feats, partner)
     if self.slot_input == "rgb":
-      return h_f
+      return self.feature_head(tokens)
     if self.slot_input == "correlation":
-      return h_c
+      return self.correlation_head(tokens, feats, partner)
     raise ValueError(f"model.slot_input must be 'fused', 'rgb' or 'correlation', got {self.slot_input!r}")
 
   @nn.compact
