@@ -185,7 +185,9 @@ def get_eval_config() -> ml_collections.ConfigDict:
   e.instance_score = 0.5  # eq. 11 at inference.
   e.unsupervised_matching = "video"  # video (official) | frame (authors' repo).
   e.params = "params"  # which weights are evaluated: params (student) | ema_params (teacher)
-  e.data_path = ""  # a DAVIS-layout folder; "" = the workdir's synthetic set
+  # synthetic | davis2017 | davis2016 | segtrack_v2 | fbms | jhmdb | vip (evaluation/readers.py)
+  e.benchmark = "synthetic"
+  e.data_path = ""  # the benchmark's folder; for synthetic, "" = the workdir's synthetic set
   e.split = "val"
   e.max_videos = 0  # 0 = all
   e.max_proposals = 20  # the official unsupervised tool's limit
@@ -194,6 +196,12 @@ def get_eval_config() -> ml_collections.ConfigDict:
   e.prop_radius = 7.0  # in feature cells
   e.prop_topk = 7
   e.prop_temperature = 0.2
+  # Pose tracking (JHMDB): joints as Gaussian heat maps on the feature grid.
+  e.pose_sigma = 0.5  # in feature cells
+  # A joint's location: the value-weighted mean of its top cells (5: a cell and its
+  # 4 neighbours, unbiased for a Gaussian; 2-4 would break ties by cell order).
+  e.pose_topk = 5
+  e.pck_thresholds = (0.1, 0.2)
   e.overlays = 4  # videos drawn as PNG strips
   return e
 

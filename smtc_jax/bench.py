@@ -3,13 +3,16 @@
   python -m smtc_jax.bench step --config configs/X.py [--frozen] [--config.a.b=v]
   python -m smtc_jax.bench data --config configs/X.py --workdir DIR
   python -m smtc_jax.bench propagate --config configs/X.py [--frames 70]
+  python -m smtc_jax.bench davis --config configs/X.py [--reference_metrics FILE]
 
 `step` compiles and times the real jitted train step (median of --steps after
 --warmup, block_until_ready), reads its FLOPs from XLA's cost analysis and its
 activation memory (temporary buffers) from XLA's memory analysis, measures this
 machine's dense matmul peak in the same run, and prints the ratio. `data`
 times the grain input pipeline in clips/s; `propagate` runs label propagation
-and object discovery on a random 854x480 video. Each ends with one JSON line.
+and object discovery on a random 854x480 video; `davis` times J and F of a
+480p sequence against the DAVIS team's own implementation when its file is
+given (and reports their largest difference). Each ends with one JSON line.
 """
 
 import json
@@ -31,7 +34,11 @@ flags.DEFINE_integer("steps", 10, "Timed iterations (after warm-up).")
 flags.DEFINE_integer("warmup", 2, "Untimed iterations first.")
 flags.DEFINE_bool("frozen", False, "Time the frozen-encoder step (grad_iter stage).")
 flags.DEFINE_integer("matmul_size", 0, "Side of the peak-measuring matmul (0 = by backend).")
-flags.DEFINE_integer("frames", 70, "Frames of the 480p video of `propagate`.")
+flags.DEFINE_integer("frames", 70, "Frames of the 480p video of `propagate` and `davis`.")
+flags.DEFINE_integer("objects", 3, "Objects of the `davis` sequence.")
+flags.DEFINE_string("reference_metrics", "",
+                    "davis2017-evaluation's davis2017/metrics.py or davisinteractive's "
+                    "metrics/jaccard.py, to time and check `davis` against.")
 
 
 def _flops_of(compiled) -> float:
@@ -140,7 +147,7 @@ def bench_propagate(config) -> dict:
   predictor = evaluate.Predictor(config)
   variables = evaluate.untrained_variables(config)
   start = time.perf_counter()
-  evaluate.propagate(predictor, variables, frames, labels, e)
+  evaluate.propagate_masks(predictor, variables, frames, labels[0], 3, e)
   propagate_s = time.perf_counter() - start
   start = time.perf_counter()
   outputs = predictor.clips(variables, frames)
@@ -155,6 +162,52 @@ def bench_propagate(config) -> dict:
           "peak_memory_bytes": memory, "memory_kind": memory_kind}
 
 
+def moving_objects(frames: int, objects: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """A 480x854 sequence of moving ellipses (ground truth) and a prediction that
+  is the ground truth shifted a few pixels with speckle noise: (F, H, W) labels."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:480, 0:854]
+  gt = np.zeros((frames, 480, 854), np.uint8)
+  pred = np.zeros_like(gt)
+  for k in range(1, objects + 1):
+    cy, cx = rng.uniform(100, 380), rng.uniform(150, 700)
+    ry, rx = rng.uniform(40, 100), rng.uniform(60, 140)
+    vy, vx = rng.uniform(-2, 2, 2)
+    for t in range(frames):
+      inside = ((y - cy - vy * t) / ry)**2 + ((x - cx - vx * t) / rx)**2 <= 1
+      gt[t][inside] = k
+      pred[t][np.roll(inside, (3, -4), axis=(0, 1))] = k
+  speckle = rng.uniform(size=gt.shape) < 0.002
+  pred[speckle] = 0
+  return gt, pred
+
+
+def bench_davis(config) -> dict:
+  """Per-object, per-frame J and F of one 480p sequence: this module, and the
+  reference implementation when given (same masks, frame by frame as it works)."""
+  del config
+  from smtc_jax.evaluation import davis  # pylint: disable=g-import-not-at-top
+  gt, pred = moving_objects(FLAGS.frames, FLAGS.objects)
+  masks = [(gt == k, pred == k) for k in range(1, FLAGS.objects + 1)]
+  start = time.perf_counter()
+  ours = [(davis.j_measures(g, p), davis.f_measures(g, p)) for g, p in masks]
+  ours_s = time.perf_counter() - start
+  result = {"bench": "davis", "frames": FLAGS.frames, "objects": FLAGS.objects,
+            "size": "854x480", "ours_s": ours_s,
+            "ours_frames_per_s": FLAGS.frames / ours_s}
+  if FLAGS.reference_metrics:
+    j_ref, f_ref = davis.reference_measures(FLAGS.reference_metrics)
+    start = time.perf_counter()
+    ref = [(j_ref(g, p), f_ref(g, p)) for g, p in masks]
+    ref_s = time.perf_counter() - start
+    result.update({
+        "reference": FLAGS.reference_metrics, "reference_s": ref_s,
+        "reference_frames_per_s": FLAGS.frames / ref_s, "speedup": ref_s / ours_s,
+        "max_abs_diff_j": max(float(np.max(np.abs(o[0] - r[0]))) for o, r in zip(ours, ref)),
+        "max_abs_diff_f": max(float(np.max(np.abs(o[1] - r[1]))) for o, r in zip(ours, ref))})
+  return result
+
+
 def _print(result: dict) -> None:
   for key, value in result.items():
     if isinstance(value, float):
@@ -164,9 +217,10 @@ def _print(result: dict) -> None:
 
 
 def main(argv):
-  benches = {"step": bench_step, "data": bench_data, "propagate": bench_propagate}
+  benches = {"step": bench_step, "data": bench_data, "propagate": bench_propagate,
+             "davis": bench_davis}
   if len(argv) != 2 or argv[1] not in benches:
-    sys.exit("usage: python -m smtc_jax.bench step|data|propagate --config FILE [flags]")
+    sys.exit("usage: python -m smtc_jax.bench step|data|propagate|davis --config FILE [flags]")
   _print(benches[argv[1]](FLAGS.config))
 
 

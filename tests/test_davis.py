@@ -49,6 +49,65 @@ def test_f_on_hand_made_cases():
   assert davis.f_measure(full, empty) == 1.0 and davis.j_measure(full, empty) == 0.0
 
 
+def _random_blobs(rng, frames, shape):
+  """(F, H, W) bool masks: a few random rectangles and discs, some frames empty."""
+  masks = np.zeros((frames, *shape), bool)
+  y, x = np.mgrid[0:shape[0], 0:shape[1]]
+  for t in range(frames):
+    for _ in range(rng.integers(0, 4)):
+      cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(2, 25)
+      if rng.uniform() < 0.5:
+        masks[t] |= (y - cy)**2 + (x - cx)**2 <= r**2
+      else:
+        masks[t] |= (abs(y - cy) <= r) & (abs(x - cx) <= r / 2)
+  return masks
+
+
+def _f_by_dilation(gt, pred, bound_th=0.008):
+  """F of one frame exactly as the official tool's steps: boundary maps, each
+  dilated by a disk, matched pixels counted (ndimage in place of cv2)."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  r = davis.boundary_tolerance(*gt.shape, bound_th)
+  yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+  disk = xx**2 + yy**2 <= r**2
+  gt_b, pred_b = davis.boundaries(gt), davis.boundaries(pred)
+  n_pred, n_gt = pred_b.sum(), gt_b.sum()
+  if n_pred == 0 and n_gt > 0:
+    return 0.0
+  if n_pred > 0 and n_gt == 0:
+    return 0.0
+  if n_pred == 0 and n_gt == 0:
+    return 1.0
+  precision = (pred_b & ndimage.binary_dilation(gt_b, disk)).sum() / n_pred
+  recall = (gt_b & ndimage.binary_dilation(pred_b, disk)).sum() / n_gt
+  return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def test_f_equals_disk_dilation_of_the_boundaries():
+  # The nearest-boundary search in f_measures against the official dilation steps,
+  # frame by frame, on 120 x 200 frames (tolerance 2 px) and bound_th = 6 px.
+  rng = np.random.default_rng(0)
+  gt, pred = _random_blobs(rng, 12, (120, 200)), _random_blobs(rng, 12, (120, 200))
+  pred[:4] = gt[:4] ^ _random_blobs(rng, 4, (120, 200))  # some frames close to the truth
+  for bound_th in (0.008, 6):
+    ours = davis.f_measures(gt, pred, bound_th=bound_th)
+    expected = [_f_by_dilation(g, p, bound_th) for g, p in zip(gt, pred)]
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.skipif(not os.environ.get("DAVIS_REFERENCE_METRICS"),
+                    reason="set DAVIS_REFERENCE_METRICS to davis2017-evaluation's "
+                           "davis2017/metrics.py or davisinteractive's metrics/jaccard.py "
+                           "(needs cv2 and skimage)")
+def test_j_and_f_equal_the_davis_reference_implementation():
+  j_ref, f_ref = davis.reference_measures(os.environ["DAVIS_REFERENCE_METRICS"])
+  rng = np.random.default_rng(1)
+  gt, pred = _random_blobs(rng, 10, (240, 427)), _random_blobs(rng, 10, (240, 427))
+  pred[:5] = gt[:5] ^ _random_blobs(rng, 5, (240, 427))
+  np.testing.assert_array_equal(davis.j_measures(gt, pred), j_ref(gt, pred))
+  np.testing.assert_allclose(davis.f_measures(gt, pred), f_ref(gt, pred), rtol=0, atol=1e-12)
+
+
 def test_f_excludes_void_pixels():
   gt, pred = _stripe(20, 40), _stripe(20, 45)
   assert davis.f_measure(gt, pred, void=_stripe(40, 50)) == 1.0

@@ -6,6 +6,7 @@ import pytest
 from configs import tiny
 from smtc_jax import train
 from smtc_jax.evaluation import discovery, evaluate
+from tests import benchmark_layouts as layouts
 
 
 def test_clips_pad_the_last_clip_with_the_last_frame():
@@ -47,9 +48,30 @@ def test_eval_mode_reports_the_model_and_both_baselines(tmp_path, capsys):
       assert 0.0 <= value <= 1.0
   out = capsys.readouterr().out
   assert "official once-per-video" in out and "trivial" in out
-  assert os.path.exists(tmp_path / "eval" / "results.csv")
-  assert os.path.exists(tmp_path / "eval" / "overlays" / "val000.png")
-  assert len(os.listdir(tmp_path / "eval" / "discovery" / "val000")) == 10
+  out = tmp_path / "eval" / "synthetic"
+  assert os.path.exists(out / "results.csv") and os.path.exists(out / "per_video.csv")
+  assert os.path.exists(out / "overlays" / "val000.png")
+  assert len(os.listdir(out / "discovery" / "val000")) == 10
+  # The same trained model on the other benchmarks' layouts (tiny folders written
+  # from synthetic videos), each with its own metrics and results folder.
+  data = layouts.videos(count=2, frames=6, size=48)
+  writers = {"davis2016": layouts.write_davis2016, "segtrack_v2": layouts.write_segtrack_v2,
+             "fbms": layouts.write_fbms, "vip": layouts.write_vip,
+             "jhmdb": lambda root, d: layouts.write_jhmdb(root, d + d[:1])}
+  expected = {"davis2016": {"iou"}, "segtrack_v2": {"iou"}, "fbms": {"iou"}, "vip": {"miou"},
+              "jhmdb": {"pck@0.1", "pck@0.2"}}
+  for benchmark, write in writers.items():
+    root = str(tmp_path / benchmark)
+    write(root, data)
+    config.eval.benchmark, config.eval.data_path = benchmark, root
+    config.eval.split = "Testset" if benchmark == "fbms" else "val"
+    summary = evaluate.evaluate(config, str(tmp_path))
+    for row in summary.values():
+      assert set(row) == expected[benchmark], benchmark
+      assert all(0.0 <= v <= 1.0 for v in row.values()), (benchmark, row)
+    with open(tmp_path / "eval" / benchmark / "per_video.csv") as f:
+      assert len(f.read().strip().splitlines()) == 1 + 3 * 2  # 3 methods x 2 videos
+  assert os.path.exists(out / "results.csv")  # not overwritten by the others
 
 
 def test_first_stage_only_proposals_are_the_large_semantic_masks():

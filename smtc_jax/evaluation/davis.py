@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
+from scipy import spatial
 from scipy.optimize import linear_sum_assignment
 
 VOID_LABEL = 255
@@ -68,10 +68,19 @@ def boundaries(masks):
   return b
 
 
-def disk(radius: int):
-  """Disk structuring element (skimage.morphology.disk)."""
-  y, x = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-  return x**2 + y**2 <= radius**2
+def within_radius(points, targets, radius: float, frame_spacing: float) -> np.ndarray:
+  """(n,) bool: point i of `points` has a `targets` point within Euclidean
+  distance `radius` in its own frame. Points are (frame, y, x) rows; frames are
+  `frame_spacing` > radius apart, so they never reach each other. This equals the
+  official tool's test (a boundary pixel hit by the other mask's boundary
+  dilated with disk(radius)), computed on the boundary pixels alone."""
+  if len(points) == 0 or len(targets) == 0:
+    return np.zeros(len(points), bool)
+  scale = np.asarray([frame_spacing, 1.0, 1.0])
+  tree = spatial.cKDTree(targets * scale)
+  # Integer offsets: the next distance above radius is >= sqrt(r^2 + 1) > r + 1e-6.
+  distance, _ = tree.query(points * scale, k=1, distance_upper_bound=radius + 1e-6)
+  return np.isfinite(distance)
 
 
 def boundary_tolerance(height: int, width: int, bound_th: float) -> int:
@@ -89,15 +98,15 @@ def f_measures(gt, pred, void=None, bound_th: float = 0.008):
     keep = ~np.asarray(void, bool)
     gt, pred = gt & keep, pred & keep
   radius = boundary_tolerance(gt.shape[-2], gt.shape[-1], bound_th)
-  structure = disk(radius)[None]  # dilate each frame, never across frames
-  gt_b, pred_b = boundaries(gt), boundaries(pred)
-  gt_dil = ndimage.binary_dilation(gt_b, structure=structure)
-  pred_dil = ndimage.binary_dilation(pred_b, structure=structure)
-  n_pred = pred_b.sum(axis=(-2, -1)).astype(np.float64)
-  n_gt = gt_b.sum(axis=(-2, -1)).astype(np.float64)
+  gt_points, pred_points = np.argwhere(boundaries(gt)), np.argwhere(boundaries(pred))
+  frames, spacing = gt.shape[0], 2.0 * radius + 1.0
+  count = lambda rows: np.bincount(rows[:, 0], minlength=frames).astype(np.float64)
+  n_pred, n_gt = count(pred_points), count(gt_points)
+  pred_hit = pred_points[within_radius(pred_points, gt_points, radius, spacing)]
+  gt_hit = gt_points[within_radius(gt_points, pred_points, radius, spacing)]
   with np.errstate(divide="ignore", invalid="ignore"):
-    precision = (pred_b & gt_dil).sum(axis=(-2, -1)) / n_pred
-    recall = (gt_b & pred_dil).sum(axis=(-2, -1)) / n_gt
+    precision = count(pred_hit) / n_pred
+    recall = count(gt_hit) / n_gt
   # Empty boundaries, as the official tool: none predicted -> precision 1;
   # none in the ground truth -> recall 1.
   precision = np.where(n_pred == 0, 1.0, precision)
@@ -283,6 +292,31 @@ def write_results(results_path: str, image_set: str, global_row, per_object) -> 
     for name, j, fm in per_object:
       writer.writerow([name, f"{j:.3f}", f"{fm:.3f}"])
   return global_csv, sequence_csv
+
+
+def reference_measures(path: str):
+  """(J, F) per-frame functions, (F, H, W) bool masks -> (F,), of a DAVIS team
+  metrics file, to check and time this module against: davis2017-evaluation's
+  `davis2017/metrics.py` (db_eval_iou, db_eval_boundary) or davisinteractive's
+  `metrics/jaccard.py` (batched_jaccard, batched_f_measure). Both need cv2 and
+  skimage; their removed numpy aliases (np.int, np.bool, np.float) are restored."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  for name, kind in (("int", int), ("bool", bool), ("float", float)):
+    if name not in np.__dict__:
+      setattr(np, name, kind)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"reference metrics file {path} does not exist")
+  spec = importlib.util.spec_from_file_location("davis_reference_metrics", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if hasattr(module, "db_eval_iou"):
+    return module.db_eval_iou, module.db_eval_boundary
+  if hasattr(module, "batched_jaccard"):
+    per_frame = lambda fn: lambda gt, pred: fn(gt.astype(int), pred.astype(int),
+                                               average_over_objects=False, nb_objects=1)[:, 0]
+    return per_frame(module.batched_jaccard), per_frame(module.batched_f_measure)
+  raise ValueError(f"{path} has neither db_eval_iou/db_eval_boundary nor "
+                   f"batched_jaccard/batched_f_measure")
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,15 @@
-"""`--mode=eval`: object discovery and label propagation on a DAVIS-layout set
-(the synthetic one by default), for the trained model and two baselines that
-the evaluation computes itself: the untrained model (same seed) and the
-trivial prediction (whole frame one object; the first frame's labels copied).
+"""`--mode=eval`: object discovery and label propagation on a benchmark
+(`eval.benchmark`; the synthetic set by default), for the trained model and two
+baselines that the evaluation computes itself: the untrained model (same seed)
+and the trivial prediction (whole frame one object; the first frame's labels or
+keypoints copied to every frame).
+
+What each benchmark reports (paper Sec. 4):
+  synthetic, davis2017   single-object IoU, multi-object J&F (unsupervised
+                         annotations), label-propagation J&F (semi-supervised)
+  davis2016, segtrack_v2, fbms   single-object IoU
+  jhmdb                  PCK at eval.pck_thresholds (keypoint propagation)
+  vip                    part mIoU (label propagation)
 """
 
 import csv
@@ -14,19 +22,11 @@ import ml_collections
 import numpy as np
 
 from smtc_jax import checkpoint, train
-from smtc_jax.data import palette, sources, synthetic
-from smtc_jax.evaluation import davis, discovery, propagation
+from smtc_jax.data import palette, synthetic
+from smtc_jax.evaluation import davis, discovery, parts, pose, propagation, readers
 from smtc_jax.models import smtc
 
 EVAL_DIR = "eval"
-
-
-def load_video(root: str, name: str):
-  """Frames (F, H, W, 3) uint8, instance labels (F, H, W) from both annotation sets."""
-  frames = np.stack([sources.load_frame(p) for p in
-                     sources.list_frames(os.path.join(root, synthetic.IMAGE_DIR, name))])
-  labels = lambda sub: davis.read_annotations(root, name, sub)[1]
-  return frames, labels(synthetic.UNSUPERVISED_DIR), labels(synthetic.ANNOTATION_DIR)
 
 
 def trained_variables(config, workdir: str):
@@ -79,35 +79,6 @@ class Predictor:
     return jnp.stack([self._encode(variables, jnp.asarray(f[None, None]))[0, 0] for f in small])
 
 
-def score_discovery(gt, proposals, matching: str):
-  """(single-object IoU, multi-object J&F) of one video."""
-  iou = float(np.mean(davis.j_measures(gt > 0, proposals > 0)))
-  return iou, davis.mean_jf(*davis.evaluate_sequence(gt, proposals, "unsupervised", matching))
-
-
-def score_propagation(gt, predicted):
-  """Semi-supervised J&F of one video (first and last frames excluded)."""
-  num_objects = int(gt[0].max())
-  return davis.mean_jf(*davis.evaluate_sequence(gt[1:-1], predicted[1:-1], "semi-supervised",
-                                                num_objects=num_objects))
-
-
-def propagate(predictor, variables, frames, gt, e):
-  feats = predictor.features(variables, frames)
-  num = int(gt.max()) + 1
-  size = predictor.feature_size(frames.shape[1:3])
-  first = propagation.one_hot_on_grid(_resize_labels(gt[0], size), num, feats.shape[1:3])
-  out = propagation.propagate_video(feats, first, video_len=e.prop_video_len,
-                                    radius=e.prop_radius, topk=e.prop_topk,
-                                    temperature=e.prop_temperature)
-  return propagation.upsample_labels(out, gt.shape[1:])
-
-
-def _resize_labels(labels, size):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  return np.asarray(Image.fromarray(labels).resize(size[::-1], Image.NEAREST))
-
-
 def draw_overlay(path: str, frames, semantic, proposals, every: int = 4) -> None:
   """A PNG strip: frames on top, semantic masks, then instance proposals, in the
   DAVIS palette blended over the frames."""
@@ -127,69 +98,278 @@ def draw_overlay(path: str, frames, semantic, proposals, every: int = 4) -> None
   Image.fromarray(np.concatenate(rows, axis=0).astype(np.uint8)).save(path)
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Evaluate and print a table; writes WORKDIR/eval/results.csv, proposal PNGs
-  and overlays. Returns {method: {metric: value}}."""
+
+
+TASKS = {
+    "synthetic": ("iou", "jf_discovery", "jf_propagation"),
+    "davis2017": ("iou", "jf_discovery", "jf_propagation"),
+    "davis2016": ("iou",),
+    "segtrack_v2": ("iou",),
+    "fbms": ("iou",),
+    "jhmdb": ("pck",),
+    "vip": ("miou",),
+}
+DISCOVERY_TASKS = ("iou", "jf_discovery")
+
+
+def tasks_of(benchmark: str) -> tuple[str, ...]:
+  if benchmark not in TASKS:
+    raise ValueError(f"eval.benchmark must be one of {sorted(TASKS)}, got {benchmark!r}")
+  return TASKS[benchmark]
+
+
+def propagate_maps(predictor, variables, frames, first_maps, e):
+  """(F, h, w, C) label maps propagated through the video's features from frame
+  0's maps, `first_maps(grid) -> (h, w, C)`."""
+  feats = predictor.features(variables, frames)
+  return propagation.propagate_video(feats, first_maps(feats.shape[1:3]),
+                                     video_len=e.prop_video_len, radius=e.prop_radius,
+                                     topk=e.prop_topk, temperature=e.prop_temperature)
+
+
+def propagate_masks(predictor, variables, frames, first_labels, num_labels: int, e):
+  """(F, H, W) uint8 labels propagated from frame 0's (H, W) labels (void = none)."""
+  size = predictor.feature_size(frames.shape[1:3])
+  first = lambda grid: propagation.one_hot_on_grid(_resize_labels(first_labels, size),
+                                                   num_labels, grid)
+  out = propagate_maps(predictor, variables, frames, first, e)
+  return propagation.upsample_labels(out, frames.shape[1:3])
+
+
+def propagate_keypoints(predictor, variables, frames, first_keypoints, e):
+  """((F, J, 2) pixel (x, y), (F, J) visible) from frame 0's (J, 2) keypoints."""
+  image = frames.shape[1:3]
+  first = lambda grid: pose.keypoint_maps(first_keypoints, image, grid, e.pose_sigma)
+  out = np.asarray(propagate_maps(predictor, variables, frames, first, e))
+  cells, visible = pose.decode_keypoints(out, e.pose_topk)
+  return pose.to_image(cells, image, out.shape[1:3]), visible
+
+
+def _resize_labels(labels, size):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return np.asarray(Image.fromarray(labels).resize(size[::-1], Image.NEAREST))
+
+
+class Scores:
+  """One method's results over the videos, reduced as each benchmark's tool does:
+  IoU averaged per video then over videos; J&F from every object's J and F
+  means (the official global J&F-Mean); PCK pooled per joint over all frames;
+  mIoU from one confusion matrix over all frames."""
+
+  def __init__(self, thresholds):
+    self.thresholds = tuple(thresholds)
+    self.iou, self.distances, self.confusion = [], [], 0
+    self.objects = {"jf_discovery": ([], []), "jf_propagation": ([], [])}
+    self.per_video = []
+
+  def add(self, video: str, values: dict) -> None:
+    """values: iou -> float, jf_* -> (J, F) per object per frame, pck -> (F, J)
+    normalised distances, miou -> confusion matrix."""
+    row = {"video": video}
+    for key, value in values.items():
+      if key == "iou":
+        self.iou.append(value)
+        row[key] = value
+      elif key in self.objects:
+        j, f = value
+        self.objects[key][0].extend(davis.statistics(x)[0] for x in j)
+        self.objects[key][1].extend(davis.statistics(x)[0] for x in f)
+        row[key] = davis.mean_jf(j, f)
+      elif key == "pck":
+        self.distances.append(value)
+        row.update({f"pck@{a}": v for a, v in pose.pck(value, self.thresholds).items()})
+      elif key == "miou":
+        self.confusion = self.confusion + value
+        row[key] = parts.mean_iou(value)
+    self.per_video.append(row)
+
+  def summary(self) -> dict:
+    out = {}
+    if self.iou:
+      out["iou"] = float(np.mean(self.iou))
+    for key, (j, f) in self.objects.items():
+      if j:
+        out[key] = float((np.mean(j) + np.mean(f)) / 2)
+    if self.distances:
+      out.update({f"pck@{a}": v for a, v in
+                  pose.pck(np.concatenate(self.distances), self.thresholds).items()})
+    if isinstance(self.confusion, np.ndarray):
+      out["miou"] = parts.mean_iou(self.confusion)
+    return out
+
+
+def benchmark_data(config, workdir: str):
+  """(root, video names, load) of the evaluated benchmark."""
   e = config.eval
-  root = e.data_path or os.path.join(workdir, "synthetic_data")
-  if not e.data_path:
+  if e.benchmark == "synthetic":
+    root = e.data_path or os.path.join(workdir, "synthetic_data")
     synthetic.ensure_synthetic_davis(root, synthetic.SyntheticSpec(**config.data.synthetic.to_dict()))
-  videos = davis.read_sequences(root, e.split)
+    names, load = readers.reader("davis2017")
+  else:
+    names, load = readers.reader(e.benchmark)
+    root = e.data_path
+    if not root:
+      raise ValueError(f"eval.benchmark={e.benchmark} needs eval.data_path (the benchmark's folder)")
+  videos = names(root, e.split)
   videos = videos[:e.max_videos] if e.max_videos else videos
+  if not videos:
+    raise ValueError(f"{root}: no video in split {e.split!r}")
+  return root, videos, lambda name: load(root, e.split, name)
+
+
+def _discovery_truth(video: readers.Video):
+  """Multi-object ground truth of discovery: DAVIS-2017's unsupervised annotations
+  when the layout has them, else the (foreground) labels."""
+  return video.unsupervised_labels if video.unsupervised_labels is not None else video.labels
+
+
+def score_discovery(video, proposals, tasks, matching: str) -> dict:
+  """Single-object IoU over annotated frames; multi-object (J, F) per object."""
+  truth = _discovery_truth(video)[video.annotated]
+  proposals = proposals[video.annotated]
+  out = {}
+  if "iou" in tasks:
+    foreground = (truth > 0) & (truth != davis.VOID_LABEL)
+    void = truth == davis.VOID_LABEL
+    out["iou"] = float(np.mean(davis.j_measures(foreground, proposals > 0, void)))
+  if "jf_discovery" in tasks:
+    out["jf_discovery"] = davis.evaluate_sequence(truth, proposals, "unsupervised", matching)
+  return out
+
+
+def score_masks(video, predicted, tasks) -> dict:
+  """Propagated labels: semi-supervised J&F (first and last frames excluded) and/or
+  part confusion (annotated frames after the first)."""
+  out = {}
+  if "jf_propagation" in tasks:
+    gt = video.labels
+    num_objects = int(np.where(gt[0] == davis.VOID_LABEL, 0, gt[0]).max())
+    out["jf_propagation"] = davis.evaluate_sequence(gt[1:-1], predicted[1:-1], "semi-supervised",
+                                                    num_objects=num_objects)
+  if "miou" in tasks:
+    scored = video.annotated.copy()
+    scored[0] = False
+    out["miou"] = parts.confusion(video.labels[scored], predicted[scored],
+                                  readers.VIP_NUM_CLASSES)
+  return out
+
+
+def _num_labels(video, tasks) -> int:
+  if "miou" in tasks:
+    return readers.VIP_NUM_CLASSES
+  first = video.labels[0]
+  return int(np.where(first == davis.VOID_LABEL, 0, first).max()) + 1
+
+
+def evaluate_method(predictor, variables, video, tasks, e, discovery_args):
+  """Scores of one model on one video, and (proposals, semantic) for drawing."""
+  values, drawn = {}, None
+  count = video.frames.shape[0]
+  if any(t in tasks for t in DISCOVERY_TASKS):
+    outputs = predictor.clips(variables, video.frames)
+    proposals, semantic = discovery.discover(outputs, predictor.config.data.num_frames,
+                                             video.frames.shape[1:3], predictor.grid,
+                                             **discovery_args)
+    drawn = proposals[:count], semantic[:count]
+    values.update(score_discovery(video, drawn[0], tasks, e.unsupervised_matching))
+  if "jf_propagation" in tasks or "miou" in tasks:
+    predicted = propagate_masks(predictor, variables, video.frames, video.labels[0],
+                                _num_labels(video, tasks), e)
+    values.update(score_masks(video, predicted, tasks))
+  if "pck" in tasks:
+    keypoints, visible = propagate_keypoints(predictor, variables, video.frames,
+                                             video.keypoints[0], e)
+    values["pck"] = pose.normalised_distances(keypoints, video.keypoints, visible)
+  return values, drawn
+
+
+def evaluate_trivial(video, tasks, e):
+  """Whole frame = one object; frame 0's labels / keypoints copied to every frame."""
+  values = {}
+  count = video.frames.shape[0]
+  if any(t in tasks for t in DISCOVERY_TASKS):
+    values.update(score_discovery(video, np.ones(video.frames.shape[:3], np.uint8), tasks,
+                                  e.unsupervised_matching))
+  if "jf_propagation" in tasks or "miou" in tasks:
+    first = np.where(video.labels[0] == davis.VOID_LABEL, 0, video.labels[0])
+    values.update(score_masks(video, np.repeat(first[None], count, axis=0), tasks))
+  if "pck" in tasks:
+    copied = np.repeat(video.keypoints[:1], count, axis=0)
+    values["pck"] = pose.normalised_distances(copied, video.keypoints,
+                                              np.ones(copied.shape[:2], bool))
+  return values
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluate and print a table; writes WORKDIR/eval/<benchmark>/results.csv,
+  per_video.csv, proposal PNGs and overlays (one folder per benchmark, so one
+  evaluation never overwrites another's). Returns {method: {metric: value}}."""
+  e = config.eval
+  tasks = tasks_of(e.benchmark)
+  root, names, load = benchmark_data(config, workdir)
   predictor = Predictor(config)
   methods = {"trained": trained_variables(config, workdir),
              "untrained": untrained_variables(config)}
-  out_dir = os.path.join(workdir, EVAL_DIR)
-  rows = {m: {"iou": [], "jf_discovery": [], "jf_propagation": []}
-          for m in (*methods, "trivial")}
-  for index, name in enumerate(videos):
-    frames, gt_unsup, gt_semi = load_video(root, name)
-    count = frames.shape[0]
+  discovery_args = dict(score_threshold=e.instance_score, max_proposals=e.max_proposals,
+                        first_stage_only=e.first_stage_only, area_tau=config.loss.tau1,
+                        mask_tau=config.loss.valid_mask_tau)
+  out_dir = os.path.join(workdir, EVAL_DIR, e.benchmark)
+  scores = {m: Scores(e.pck_thresholds) for m in (*methods, "trivial")}
+  for index, name in enumerate(names):
+    video = load(name)
     for method, variables in methods.items():
-      outputs = predictor.clips(variables, frames)
-      proposals, semantic = discovery.discover(
-          outputs, config.data.num_frames, frames.shape[1:3], predictor.grid,
-          e.instance_score, e.max_proposals, first_stage_only=e.first_stage_only,
-          area_tau=config.loss.tau1, mask_tau=config.loss.valid_mask_tau)
-      proposals, semantic = proposals[:count], semantic[:count]
-      iou, jf = score_discovery(gt_unsup, proposals, e.unsupervised_matching)
-      rows[method]["iou"].append(iou)
-      rows[method]["jf_discovery"].append(jf)
-      rows[method]["jf_propagation"].append(
-          score_propagation(gt_semi, propagate(predictor, variables, frames, gt_semi, e)))
-      if method == "trained":
-        for t in range(count):
+      values, drawn = evaluate_method(predictor, variables, video, tasks, e, discovery_args)
+      scores[method].add(name, values)
+      if method == "trained" and drawn is not None:
+        for t, proposal in enumerate(drawn[0]):
           palette.write_palette_png(os.path.join(out_dir, "discovery", name, f"{t:05d}.png"),
-                                    proposals[t])
+                                    proposal)
         if index < e.overlays:
-          draw_overlay(os.path.join(out_dir, "overlays", f"{name}.png"), frames, semantic,
-                       proposals)
-    whole = np.ones_like(gt_unsup)
-    iou, jf = score_discovery(gt_unsup, whole, e.unsupervised_matching)
-    rows["trivial"]["iou"].append(iou)
-    rows["trivial"]["jf_discovery"].append(jf)
-    rows["trivial"]["jf_propagation"].append(
-        score_propagation(gt_semi, np.repeat(gt_semi[:1], count, axis=0)))
-  summary = {m: {k: float(np.mean(v)) for k, v in r.items()} for m, r in rows.items()}
-  _report(summary, out_dir, e, len(videos), root)
+          draw_overlay(os.path.join(out_dir, "overlays", f"{name}.png"), video.frames, *drawn[::-1])
+    scores["trivial"].add(name, evaluate_trivial(video, tasks, e))
+    logging.info("evaluated %s (%d/%d)", name, index + 1, len(names))
+  summary = {m: s.summary() for m, s in scores.items()}
+  _report(summary, scores, out_dir, e, len(names), root)
   return summary
 
 
-def _report(summary, out_dir, e, count, root) -> None:
+COLUMNS = {"iou": "single-object IoU", "jf_discovery": "multi-object J&F",
+           "jf_propagation": "label propagation J&F", "miou": "part mIoU"}
+
+
+def _column_name(key: str, e) -> str:
+  if key == "jf_discovery":
+    return f"{COLUMNS[key]} ({e.unsupervised_matching} matching)"
+  return COLUMNS.get(key, key.upper())
+
+
+def _report(summary, scores, out_dir, e, count, root) -> None:
   os.makedirs(out_dir, exist_ok=True)
-  header = ["method", "single-object IoU", f"multi-object J&F ({e.unsupervised_matching} matching)",
-            "label propagation J&F"]
+  keys = list(summary["trained"])
   with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(header)
-    for method, r in summary.items():
-      writer.writerow([method, f"{r['iou']:.4f}", f"{r['jf_discovery']:.4f}",
-                       f"{r['jf_propagation']:.4f}"])
-  stages = "first stage only (SMTC-dagger)" if e.first_stage_only else "both stages"
-  print(f"{count} videos of {root} ({e.split}), {stages}; multi-object J&F uses "
-        f"{'the official once-per-video' if e.unsupervised_matching == 'video' else 'the per-frame (authors repo, NOT official)'} assignment")
-  print(f"{'method':12s} {'IoU':>8s} {'J&F disc.':>10s} {'J&F prop.':>10s}")
+    writer.writerow(["method"] + [_column_name(k, e) for k in keys])
+    for method, row in summary.items():
+      writer.writerow([method] + [f"{row[k]:.4f}" for k in keys])
+  with open(os.path.join(out_dir, "per_video.csv"), "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["method", "video"] + keys)
+    for method, s in scores.items():
+      for row in s.per_video:
+        writer.writerow([method, row["video"]] + [f"{row[k]:.4f}" for k in keys])
+  print(f"{e.benchmark}: {count} videos of {root} ({e.split})")
+  if any(k in keys for k in DISCOVERY_TASKS):
+    print("discovery with", "the first stage only (SMTC-dagger)" if e.first_stage_only
+          else "both slot-attention stages")
+  if "jf_discovery" in keys:
+    protocol = ("the official once-per-video" if e.unsupervised_matching == "video"
+                else "the per-frame (authors' repo, NOT official)")
+    print(f"multi-object J&F uses {protocol} assignment")
+  short = {"iou": "IoU", "jf_discovery": "J&F disc.", "jf_propagation": "J&F prop.",
+           "miou": "mIoU"}
+  print(f"{'method':12s} " + " ".join(f"{short.get(k, k.upper()):>10s}" for k in keys))
   labels = {"trained": "trained", "untrained": "untrained", "trivial": "trivial*"}
-  for method, r in summary.items():
-    print(f"{labels[method]:12s} {r['iou']:8.3f} {r['jf_discovery']:10.3f} {r['jf_propagation']:10.3f}")
-  print("* trivial: whole frame as one object (discovery); first frame's labels copied (propagation)")
+  for method, row in summary.items():
+    print(f"{labels[method]:12s} " + " ".join(f"{row[k]:10.3f}" for k in keys))
+  print("* trivial: whole frame as one object (discovery); frame 0's labels or keypoints "
+        "copied to every frame (propagation)")

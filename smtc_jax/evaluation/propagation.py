@@ -63,15 +63,19 @@ def propagate_video(features, first_labels, *, video_len: int, radius: float, to
 
 def one_hot_on_grid(label_map: np.ndarray, num_labels: int, grid: tuple[int, int]) -> np.ndarray:
   """(gh, gw, C) label fractions of an (H, W) integer map, by area averaging
-  (H and W are multiples of the grid)."""
+  (H and W are multiples of the grid). Labels >= num_labels (void, 255) count
+  as no label."""
   height, width = label_map.shape
   gh, gw = grid
-  one_hot = np.eye(num_labels, dtype=np.float32)[np.clip(label_map, 0, num_labels - 1)]
+  table = np.concatenate([np.eye(num_labels, dtype=np.float32),
+                          np.zeros((1, num_labels), np.float32)])
+  one_hot = table[np.minimum(label_map, num_labels)]
   return one_hot.reshape(gh, height // gh, gw, width // gw, num_labels).mean(axis=(1, 3))
 
 
 def upsample_labels(labels, size: tuple[int, int]) -> np.ndarray:
-  """(F, h, w, C) distributions -> (F, H, W) argmax labels at image size."""
-  f, _, _, c = labels.shape
-  big = jax.image.resize(labels, (f, *size, c), "bilinear")
-  return np.asarray(jnp.argmax(big, axis=-1)).astype(np.uint8)
+  """(F, h, w, C) distributions -> (F, H, W) argmax labels at image size, one
+  frame at a time (a 480p video of 20 channels would be GBs at once)."""
+  resize = jax.jit(lambda x: jnp.argmax(jax.image.resize(x, (*size, x.shape[-1]), "bilinear"),
+                                        axis=-1))
+  return np.stack([np.asarray(resize(frame)) for frame in labels]).astype(np.uint8)
