@@ -63,6 +63,47 @@ def interpolate_pos_embed(patch_pos: jax.Array, grid: int, h: int, w: int) -> ja
   return out.reshape(h * w, -1)
 
 
+def _dense_params(module: nn.Module, fan_in: int, features: int, use_bias: bool, dtype):
+  """nn.Dense's parameters (same names, shapes and initialisers), cast to dtype."""
+  kernel = module.param("kernel", nn.initializers.lecun_normal(), (fan_in, features))
+  bias = (module.param("bias", nn.initializers.zeros_init(), (features,))
+          if use_bias else jnp.zeros((features,)))
+  return kernel.astype(dtype), bias.astype(dtype)
+
+
+class HeadSplitDense(nn.Module):
+  """nn.Dense to `parts` x `heads` outputs laid out head-major: (B, L, D) ->
+  (parts, B, H, L, C). Parameters are stored as nn.Dense stores them, so
+  converted DINO weights load unchanged; keeping heads outside the token axis
+  lets XLA run the attention matmuls without transposes."""
+  features: int
+  parts: int
+  heads: int
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel, bias = _dense_params(self, x.shape[-1], self.features, self.use_bias, self.dtype)
+    c = self.features // (self.parts * self.heads)
+    kernel = kernel.reshape(x.shape[-1], self.parts, self.heads, c)
+    y = jnp.einsum("bld,dphc->pbhlc", x.astype(self.dtype), kernel)
+    return y + bias.reshape(self.parts, 1, self.heads, 1, c)
+
+
+class HeadMergeDense(nn.Module):
+  """nn.Dense over concatenated heads, from head-major input: (B, H, L, C) ->
+  (B, L, features)."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    _, h, _, c = x.shape
+    kernel, bias = _dense_params(self, h * c, self.features, True, self.dtype)
+    return jnp.einsum("bhlc,hcd->bld", x, kernel.reshape(h, c, self.features)) + bias
+
+
 class Attention(nn.Module):
   """Multi-head self-attention; also returns the keys, heads concatenated."""
   num_heads: int
@@ -74,13 +115,16 @@ class Attention(nn.Module):
     # x: (B, L, D)
     b, l, d = x.shape
     head_dim = d // self.num_heads
-    qkv = nn.Dense(3 * d, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
-    q, k, v = jnp.split(qkv, 3, axis=-1)  # each (B, L, D), heads contiguous.
-    split = lambda t: t.reshape(b, l, self.num_heads, head_dim)
-    logits = jnp.einsum("blhc,bmhc->bhlm", split(q), split(k)) * head_dim**-0.5
-    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhlm,bmhc->blhc", attn, split(v)).reshape(b, l, d)
-    return nn.Dense(d, dtype=self.dtype, name="proj")(out), k
+    q, k, v = HeadSplitDense(3 * d, 3, self.num_heads, self.qkv_bias, self.dtype,
+                             name="qkv")(x)  # each (B, H, L, C)
+    logits = jnp.einsum("bhlc,bhmc->bhlm", q * head_dim**-0.5, k).astype(jnp.float32)
+    # Softmax with the normalisation after the value matmul: the same function as
+    # jax.nn.softmax (the max shift cancels), with a cheaper backward pass.
+    weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+    out = jnp.einsum("bhlm,bhmc->bhlc", weights.astype(self.dtype), v)
+    out = out / jnp.sum(weights, axis=-1)[..., None].astype(self.dtype)  # (B, H, L, C)
+    keys = k.transpose(0, 2, 1, 3).reshape(b, l, d)
+    return HeadMergeDense(d, self.dtype, name="proj")(out), keys
 
 
 class Mlp(nn.Module):
