@@ -5,7 +5,7 @@ import pytest
 
 from configs import tiny
 from smtc_jax import train
-from smtc_jax.evaluation import discovery, evaluate
+from smtc_jax.evaluation import davis, discovery, evaluate
 from tests import benchmark_layouts as layouts
 
 
@@ -52,6 +52,11 @@ def test_eval_mode_reports_the_model_and_both_baselines(tmp_path, capsys):
   assert os.path.exists(out / "results.csv") and os.path.exists(out / "per_video.csv")
   assert os.path.exists(out / "overlays" / "val000.png")
   assert len(os.listdir(out / "discovery" / "val000")) == 10
+  # The written propagation masks, scored by the folder scorer as a user would score
+  # them with the official tool, give the J&F the evaluation printed.
+  global_row, _ = davis.score_folder(str(tmp_path / "synthetic_data"), str(out / "propagation"),
+                                     "semi-supervised", "val", processes=1)
+  assert global_row["J&F-Mean"] == pytest.approx(summary["trained"]["jf_propagation"], abs=1e-9)
   # The same trained model on the other benchmarks' layouts (tiny folders written
   # from synthetic videos), each with its own metrics and results folder.
   data = layouts.videos(count=2, frames=6, size=48)
@@ -71,6 +76,9 @@ def test_eval_mode_reports_the_model_and_both_baselines(tmp_path, capsys):
       assert all(0.0 <= v <= 1.0 for v in row.values()), (benchmark, row)
     with open(tmp_path / "eval" / benchmark / "per_video.csv") as f:
       assert len(f.read().strip().splitlines()) == 1 + 3 * 2  # 3 methods x 2 videos
+  assert len(os.listdir(tmp_path / "eval" / "vip" / "propagation" / "videos0")) == 6
+  with np.load(tmp_path / "eval" / "jhmdb" / "keypoints" / "wave_clip0.npz") as saved:
+    assert saved["xy"].shape == (6, 6, 2) and saved["visible"].shape == (6, 6)
   assert os.path.exists(out / "results.csv")  # not overwritten by the others
 
 

@@ -262,25 +262,45 @@ def _num_labels(video, tasks) -> int:
 
 
 def evaluate_method(predictor, variables, video, tasks, e, discovery_args):
-  """Scores of one model on one video, and (proposals, semantic) for drawing."""
-  values, drawn = {}, None
+  """Scores of one model on one video, and its predictions: {'discovery': (F, H, W)
+  proposals, 'semantic': (F, H, W), 'propagation': (F, H, W) labels, 'keypoints':
+  ((F, J, 2), (F, J) visible)}, those the benchmark's tasks produce."""
+  values, predictions = {}, {}
   count = video.frames.shape[0]
   if any(t in tasks for t in DISCOVERY_TASKS):
     outputs = predictor.clips(variables, video.frames)
     proposals, semantic = discovery.discover(outputs, predictor.config.data.num_frames,
                                              video.frames.shape[1:3], predictor.grid,
                                              **discovery_args)
-    drawn = proposals[:count], semantic[:count]
-    values.update(score_discovery(video, drawn[0], tasks, e.unsupervised_matching))
+    predictions["discovery"], predictions["semantic"] = proposals[:count], semantic[:count]
+    values.update(score_discovery(video, predictions["discovery"], tasks,
+                                  e.unsupervised_matching))
   if "jf_propagation" in tasks or "miou" in tasks:
-    predicted = propagate_masks(predictor, variables, video.frames, video.labels[0],
-                                _num_labels(video, tasks), e)
-    values.update(score_masks(video, predicted, tasks))
+    predictions["propagation"] = propagate_masks(predictor, variables, video.frames,
+                                                 video.labels[0], _num_labels(video, tasks), e)
+    values.update(score_masks(video, predictions["propagation"], tasks))
   if "pck" in tasks:
     keypoints, visible = propagate_keypoints(predictor, variables, video.frames,
                                              video.keypoints[0], e)
+    predictions["keypoints"] = keypoints, visible
     values["pck"] = pose.normalised_distances(keypoints, video.keypoints, visible)
-  return values, drawn
+  return values, predictions
+
+
+def write_predictions(out_dir: str, video, predictions: dict, overlay: bool) -> None:
+  """Masks as palette PNGs in the DAVIS layout (<kind>/<video>/<frame>.png, frames
+  numbered from 00000), keypoints as keypoints/<video>.npz (xy, visible), and
+  the overlay strip."""
+  for kind in ("discovery", "propagation"):
+    for t, labels in enumerate(predictions.get(kind, ())):
+      palette.write_palette_png(os.path.join(out_dir, kind, video.name, f"{t:05d}.png"), labels)
+  if "keypoints" in predictions:
+    os.makedirs(os.path.join(out_dir, "keypoints"), exist_ok=True)
+    xy, visible = predictions["keypoints"]
+    np.savez(os.path.join(out_dir, "keypoints", f"{video.name}.npz"), xy=xy, visible=visible)
+  if overlay and "discovery" in predictions:
+    draw_overlay(os.path.join(out_dir, "overlays", f"{video.name}.png"), video.frames,
+                 predictions["semantic"], predictions["discovery"])
 
 
 def evaluate_trivial(video, tasks, e):
@@ -302,8 +322,9 @@ def evaluate_trivial(video, tasks, e):
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluate and print a table; writes WORKDIR/eval/<benchmark>/results.csv,
-  per_video.csv, proposal PNGs and overlays (one folder per benchmark, so one
-  evaluation never overwrites another's). Returns {method: {metric: value}}."""
+  per_video.csv, the trained model's predictions and overlays (one folder per
+  benchmark, so one evaluation never overwrites another's). Returns
+  {method: {metric: value}}."""
   e = config.eval
   tasks = tasks_of(e.benchmark)
   root, names, load = benchmark_data(config, workdir)
@@ -318,14 +339,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for index, name in enumerate(names):
     video = load(name)
     for method, variables in methods.items():
-      values, drawn = evaluate_method(predictor, variables, video, tasks, e, discovery_args)
+      values, predictions = evaluate_method(predictor, variables, video, tasks, e,
+                                            discovery_args)
       scores[method].add(name, values)
-      if method == "trained" and drawn is not None:
-        for t, proposal in enumerate(drawn[0]):
-          palette.write_palette_png(os.path.join(out_dir, "discovery", name, f"{t:05d}.png"),
-                                    proposal)
-        if index < e.overlays:
-          draw_overlay(os.path.join(out_dir, "overlays", f"{name}.png"), video.frames, *drawn[::-1])
+      if method == "trained":
+        write_predictions(out_dir, video, predictions, overlay=index < e.overlays)
     scores["trivial"].add(name, evaluate_trivial(video, tasks, e))
     logging.info("evaluated %s (%d/%d)", name, index + 1, len(names))
   summary = {m: s.summary() for m, s in scores.items()}
