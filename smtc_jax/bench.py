@@ -1,6 +1,6 @@
 """Benchmarks (never timed tests):
 
-  python -m smtc_jax.bench step --config configs/X.py [--frozen] [--config.a.b=v]
+  python -m smtc_jax.bench step --config configs/X.py [--frozen] [--trace_dir DIR] [--config.a.b=v]
   python -m smtc_jax.bench data --config configs/X.py --workdir DIR
   python -m smtc_jax.bench propagate --config configs/X.py [--frames 70]
   python -m smtc_jax.bench davis --config configs/X.py [--reference_metrics FILE]
@@ -8,14 +8,20 @@
 `step` compiles and times the real jitted train step (median of --steps after
 --warmup, block_until_ready), reads its FLOPs from XLA's cost analysis and its
 activation memory (temporary buffers) from XLA's memory analysis, measures this
-machine's dense matmul peak in the same run, and prints the ratio. `data`
+machine's dense matmul peak in the same run, and prints the ratio; with
+--trace_dir it records a jax.profiler trace and lists the costliest XLA ops. `data`
 times the grain input pipeline in clips/s; `propagate` runs label propagation
 and object discovery on a random 854x480 video; `davis` times J and F of a
 480p sequence against the DAVIS team's own implementation when its file is
 given (and reports their largest difference). Each ends with one JSON line.
 """
 
+import collections
+import glob
+import gzip
 import json
+import os
+import re
 import resource
 import sys
 import time
@@ -34,6 +40,10 @@ flags.DEFINE_integer("steps", 10, "Timed iterations (after warm-up).")
 flags.DEFINE_integer("warmup", 2, "Untimed iterations first.")
 flags.DEFINE_bool("frozen", False, "Time the frozen-encoder step (grad_iter stage).")
 flags.DEFINE_integer("matmul_size", 0, "Side of the peak-measuring matmul (0 = by backend).")
+flags.DEFINE_string("trace_dir", "", "step: also record a jax.profiler trace of --trace_steps "
+                    "steps there and report the XLA ops that took longest, by kind and shape.")
+flags.DEFINE_integer("trace_steps", 2, "Steps recorded with --trace_dir.")
+flags.DEFINE_integer("top_ops", 12, "Op groups reported with --trace_dir.")
 flags.DEFINE_integer("frames", 70, "Frames of the 480p video of `propagate` and `davis`.")
 flags.DEFINE_integer("objects", 3, "Objects of the `davis` sequence.")
 flags.DEFINE_string("reference_metrics", "",
@@ -75,6 +85,67 @@ def peak_memory_bytes() -> tuple[float, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0, "process max RSS"
 
 
+HLO_KINDS = ("convolution", "dot", "exponential", "erf", "reduce", "divide", "transpose")
+
+
+def hlo_op_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
+  """{instruction: (shape, kind)} of a compiled module's HLO text, where kind is
+  the opcode plus what its fused computation does, e.g. 'fusion[dot,transpose]'."""
+  bodies, current = {}, None
+  for line in hlo_text.splitlines():
+    header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if header and not line.startswith(" "):
+      current = header.group(1)
+      bodies[current] = []
+    elif current is not None:
+      bodies[current].append(line)
+  kinds = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(", line)
+    if not m:
+      continue
+    name, shape, opcode = m.groups()
+    calls = re.search(r"calls=%([\w.\-]+)", line)
+    body = "\n".join(bodies.get(calls.group(1), [])) if calls else ""
+    found = [k for k in HLO_KINDS if k == opcode or re.search(rf" {k}\(", body)]
+    kinds[name] = (shape, f"{opcode}[{','.join(found)}]" if body else opcode)
+  return kinds
+
+
+def traced_op_seconds(trace_dir: str) -> dict[str, float]:
+  """Total seconds per event name in the newest perfetto trace under trace_dir."""
+  paths = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+  if not paths:
+    raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}: the profiler wrote no trace")
+  with gzip.open(max(paths, key=os.path.getmtime)) as f:
+    events = json.load(f)["traceEvents"]
+  seconds = collections.Counter()
+  for event in events:
+    if event.get("ph") == "X":
+      seconds[event["name"]] += event["dur"] * 1e-6
+  return seconds
+
+
+def profile_ops(run_step, compiled, trace_dir: str, steps: int, top: int) -> list[dict]:
+  """Trace `steps` calls of run_step; the `top` (kind, shape) groups of XLA ops
+  by time per step, with their share of the traced op time."""
+  jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+  for _ in range(steps):
+    jax.block_until_ready(run_step())
+  jax.profiler.stop_trace()
+  kinds = hlo_op_kinds(compiled.as_text())
+  groups, counts = collections.Counter(), collections.Counter()
+  for name, seconds in traced_op_seconds(trace_dir).items():
+    if name in kinds:
+      shape, kind = kinds[name]
+      groups[(kind, shape)] += seconds / steps
+      counts[(kind, shape)] += 1
+  total = sum(groups.values())
+  return [{"kind": kind, "shape": shape, "ops": counts[(kind, shape)],
+           "ms_per_step": 1e3 * seconds, "share": seconds / total}
+          for (kind, shape), seconds in groups.most_common(top)]
+
+
 def bench_step(config) -> dict:
   from smtc_jax import sharding, train  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh()
@@ -99,6 +170,8 @@ def bench_step(config) -> dict:
     return metrics["loss"]
 
   step_s = _median_seconds(one, FLAGS.warmup, FLAGS.steps)
+  top_ops = (profile_ops(one, compiled, FLAGS.trace_dir, FLAGS.trace_steps, FLAGS.top_ops)
+             if FLAGS.trace_dir else [])
   backend = jax.default_backend()
   size = FLAGS.matmul_size or (8192 if backend != "cpu" else 2048)
   peak_f32 = matmul_peak(jnp.float32, size)
@@ -113,7 +186,7 @@ def bench_step(config) -> dict:
       "matmul_peak_f32": peak_f32, "matmul_peak_bf16": peak_bf16,
       "mfu_vs_f32_peak": achieved / peak_f32, "xla_temp_bytes": temp_bytes,
       "peak_memory_bytes": memory,
-      "memory_kind": memory_kind,
+      "memory_kind": memory_kind, "top_ops": top_ops,
   }
 
 
@@ -209,7 +282,12 @@ def bench_davis(config) -> dict:
 
 
 def _print(result: dict) -> None:
+  for row in result.get("top_ops", []):
+    print(f"{row['ms_per_step']:9.1f} ms {100 * row['share']:5.1f} %  x{row['ops']:<4d} "
+          f"{row['kind']} {row['shape']}")
   for key, value in result.items():
+    if key == "top_ops":
+      continue
     if isinstance(value, float):
       value = f"{value:.4g}"
     print(f"{key:22s} {value}")
