@@ -196,6 +196,9 @@ def get_eval_config() -> ml_collections.ConfigDict:
   e.prop_radius = 7.0  # in feature cells
   e.prop_topk = 7
   e.prop_temperature = 0.2
+  # 0 = frames at their own size (DAVIS 480p). Large frames (VIP is up to 1080p) need
+  # a smaller size: the affinity of one frame is (cells x 21 frames x cells) floats.
+  e.prop_short_side = 0
   # Pose tracking (JHMDB): joints as Gaussian heat maps on the feature grid.
   e.pose_sigma = 0.5  # in feature cells
   # A joint's location: the value-weighted mean of its top cells (5: a cell and its

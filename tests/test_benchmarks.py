@@ -279,3 +279,21 @@ def test_jhmdb_pck_with_motion_oracle_features(tmp_path):
   # Copying frame 0's joints: right while they have not moved (frame 1), then off by
   # 4-12 px against a box diagonal of ~23 px.
   assert trivial.summary()["pck@0.1"] == pytest.approx(1 / 7)
+
+
+def test_propagation_size_is_a_stride_multiple_and_can_be_scaled_down():
+  config = tiny.get_config()
+  predictor = evaluate.Predictor(config)
+  stride = config.model.vit.patch_size
+  assert predictor.feature_size((480, 854)) == (480 // stride * stride, 854 // stride * stride)
+  config.eval.prop_short_side = 240
+  size = evaluate.Predictor(config).feature_size((1080, 1920))
+  assert size[0] == 240 // stride * stride and size[1] == 427 // stride * stride
+
+
+def test_multi_object_discovery_needs_the_unsupervised_annotations(data):
+  frames, labels = data[0]
+  video = readers.Video("bear", frames, np.ones(len(frames), bool), labels)
+  with pytest.raises(FileNotFoundError, match="bear has no Annotations_unsupervised"):
+    evaluate.score_discovery(video, labels, ("iou", "jf_discovery"), "video")
+  assert evaluate.score_discovery(video, labels, ("iou",), "video")["iou"] == 1.0

@@ -68,10 +68,13 @@ class Predictor:
     return jax.tree.map(lambda *x: np.concatenate([np.asarray(v) for v in x]), *outs)
 
   def feature_size(self, image_size):
-    """Frames for label propagation keep their resolution, cut down to multiples of
-    the encoder stride (the CRW protocol)."""
+    """Frames for label propagation keep their resolution (or are scaled so their
+    short side is eval.prop_short_side), cut down to multiples of the encoder
+    stride (the CRW protocol)."""
     stride = smtc.encoder_stride(self.config)
-    return tuple(max(stride, (s // stride) * stride) for s in image_size)
+    short = self.config.eval.prop_short_side
+    scale = short / min(image_size) if short else 1.0
+    return tuple(max(stride, int(round(s * scale)) // stride * stride) for s in image_size)
 
   def features(self, variables, frames):
     """(F, h, w, D) encoder features of every frame at the propagation size."""
@@ -217,15 +220,22 @@ def benchmark_data(config, workdir: str):
   return root, videos, lambda name: load(root, e.split, name)
 
 
-def _discovery_truth(video: readers.Video):
-  """Multi-object ground truth of discovery: DAVIS-2017's unsupervised annotations
-  when the layout has them, else the (foreground) labels."""
-  return video.unsupervised_labels if video.unsupervised_labels is not None else video.labels
+def _discovery_truth(video: readers.Video, tasks):
+  """Ground truth of discovery: DAVIS-2017's unsupervised annotations (required
+  for multi-object J&F: the semi-supervised ones label other objects), else the
+  single-object labels."""
+  if video.unsupervised_labels is not None:
+    return video.unsupervised_labels
+  if "jf_discovery" in tasks:
+    raise FileNotFoundError(f"video {video.name} has no Annotations_unsupervised/480p folder: "
+                            f"multi-object discovery is scored on DAVIS-2017's unsupervised "
+                            f"annotations")
+  return video.labels
 
 
 def score_discovery(video, proposals, tasks, matching: str) -> dict:
   """Single-object IoU over annotated frames; multi-object (J, F) per object."""
-  truth = _discovery_truth(video)[video.annotated]
+  truth = _discovery_truth(video, tasks)[video.annotated]
   proposals = proposals[video.annotated]
   out = {}
   if "iou" in tasks:
