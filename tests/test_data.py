@@ -138,3 +138,42 @@ def test_bad_inputs_give_errors_that_name_the_file(tmp_path, synthetic_root):
   assert len(source) == 1 and source.skipped == ["short"]
   with pytest.raises(ValueError, match="00001.jpg|00000.jpg"):
     pipeline.SampleClip(_spec(num_frames=4, gap=1)).random_map(source[0], np.random.default_rng(0))
+
+
+def _prepare_tfds_videos(data_dir: str, lengths) -> None:
+  """A TFDS builder of random videos (no TensorFlow needed: Tensor feature,
+  array_record files), prepared into data_dir as `tfds build` would."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class SmtcTestVideos(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      frames = tfds.features.Tensor(shape=(None, 24, 24, 3), dtype=np.uint8)
+      return tfds.core.DatasetInfo(builder=self,
+                                   features=tfds.features.FeaturesDict({"video": {"frames": frames}}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      rng = np.random.default_rng(0)
+      for i, length in enumerate(lengths):
+        yield i, {"video": {"frames": rng.integers(0, 256, (length, 24, 24, 3), dtype=np.uint8)}}
+
+  SmtcTestVideos(data_dir=data_dir, file_format="array_record").download_and_prepare()
+
+
+def test_tfds_source_reads_a_prepared_builder_and_feeds_the_pipeline(tmp_path):
+  data_dir = str(tmp_path / "tfds")
+  _prepare_tfds_videos(data_dir, lengths=[6, 2, 5, 8])
+  source = sources.tfds_source("smtc_test_videos", "train", data_dir, min_frames=3)
+  assert len(source) == 3 and source.skipped == 1  # the 2-frame video
+  assert sorted(len(v["frames"]) for v in source.videos) == [5, 6, 8]
+  assert all(v["frames"].dtype == np.uint8 and v["frames"].shape[1:] == (24, 24, 3)
+             for v in source.videos)
+  batch = pipeline.build_dataset(source, _spec(), seed=0, global_batch=2)[0]
+  assert batch["student"].shape == (2, 3, 32, 32, 3)
+  with pytest.raises(KeyError, match="video/pixels"):
+    sources.tfds_source("smtc_test_videos", "train", data_dir, 3, frames_key="video/pixels")
