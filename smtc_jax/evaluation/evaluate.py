@@ -101,8 +101,6 @@ def draw_overlay(path: str, frames, semantic, proposals, every: int = 4) -> None
   Image.fromarray(np.concatenate(rows, axis=0).astype(np.uint8)).save(path)
 
 
-
-
 TASKS = {
     "synthetic": ("iou", "jf_discovery", "jf_propagation"),
     "davis2017": ("iou", "jf_discovery", "jf_propagation"),
