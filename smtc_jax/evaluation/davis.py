@@ -68,15 +68,15 @@ def boundaries(masks):
   return b
 
 
-def within_radius(points, targets, radius: float, frame_spacing: float) -> np.ndarray:
+def within_radius(points, targets, radius: float) -> np.ndarray:
   """(n,) bool: point i of `points` has a `targets` point within Euclidean
   distance `radius` in its own frame. Points are (frame, y, x) rows; frames are
-  `frame_spacing` > radius apart, so they never reach each other. This equals the
+  placed 2 radius + 1 apart, so they never reach each other. This equals the
   official tool's test (a boundary pixel hit by the other mask's boundary
   dilated with disk(radius)), computed on the boundary pixels alone."""
   if len(points) == 0 or len(targets) == 0:
     return np.zeros(len(points), bool)
-  scale = np.asarray([frame_spacing, 1.0, 1.0])
+  scale = np.asarray([2.0 * radius + 1.0, 1.0, 1.0])
   tree = spatial.cKDTree(targets * scale)
   # Integer offsets: the next distance above radius is >= sqrt(r^2 + 1) > r + 1e-6.
   distance, _ = tree.query(points * scale, k=1, distance_upper_bound=radius + 1e-6)
@@ -99,11 +99,10 @@ def f_measures(gt, pred, void=None, bound_th: float = 0.008):
     gt, pred = gt & keep, pred & keep
   radius = boundary_tolerance(gt.shape[-2], gt.shape[-1], bound_th)
   gt_points, pred_points = np.argwhere(boundaries(gt)), np.argwhere(boundaries(pred))
-  frames, spacing = gt.shape[0], 2.0 * radius + 1.0
-  count = lambda rows: np.bincount(rows[:, 0], minlength=frames).astype(np.float64)
+  count = lambda rows: np.bincount(rows[:, 0], minlength=gt.shape[0]).astype(np.float64)
   n_pred, n_gt = count(pred_points), count(gt_points)
-  pred_hit = pred_points[within_radius(pred_points, gt_points, radius, spacing)]
-  gt_hit = gt_points[within_radius(gt_points, pred_points, radius, spacing)]
+  pred_hit = pred_points[within_radius(pred_points, gt_points, radius)]
+  gt_hit = gt_points[within_radius(gt_points, pred_points, radius)]
   with np.errstate(divide="ignore", invalid="ignore"):
     precision = count(pred_hit) / n_pred
     recall = count(gt_hit) / n_gt
@@ -230,7 +229,7 @@ def _score_sequence(sequence, davis_path, results_path, task, matching):
   gt_dir = os.path.join("Annotations" if task == "semi-supervised" else
                         "Annotations_unsupervised", "480p")
   names, gt = read_annotations(davis_path, sequence, gt_dir)
-  num_objects = int(np.where(gt[0] == VOID_LABEL, 0, gt[0]).max())  # on the first frame
+  num_objects = first_frame_objects(gt)
   if task == "semi-supervised":  # first and last frames are not scored
     names, gt = names[1:-1], gt[1:-1]
   res = np.stack([read_label_png(os.path.join(results_path, sequence, f"{n}.png")) for n in names])
@@ -240,12 +239,23 @@ def _score_sequence(sequence, davis_path, results_path, task, matching):
   return sequence, evaluate_sequence(gt, res, task, matching, num_objects=num_objects)
 
 
-def read_sequences(davis_path: str, image_set: str) -> list[str]:
-  path = os.path.join(davis_path, "ImageSets", "2017", f"{image_set}.txt")
+def read_list(path: str) -> list[str]:
+  """The non-empty lines of a list file (sequence or video names)."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"sequence list {path} does not exist")
+    raise FileNotFoundError(f"list file {path} does not exist")
   with open(path) as f:
     return [line.strip() for line in f if line.strip()]
+
+
+def read_sequences(davis_path: str, image_set: str) -> list[str]:
+  return read_list(os.path.join(davis_path, "ImageSets", "2017", f"{image_set}.txt"))
+
+
+def first_frame_objects(gt_labels) -> int:
+  """How many objects a sequence has: the largest label of its first frame, void
+  (255) excluded, as the official tool counts them."""
+  first = np.asarray(gt_labels[0])
+  return int(np.where(first == VOID_LABEL, 0, first).max())
 
 
 def score_folder(davis_path: str, results_path: str, task: str, image_set: str = "val",

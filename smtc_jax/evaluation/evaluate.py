@@ -111,6 +111,7 @@ TASKS = {
     "vip": ("miou",),
 }
 DISCOVERY_TASKS = ("iou", "jf_discovery")
+MASK_PROPAGATION_TASKS = ("jf_propagation", "miou")
 
 
 def tasks_of(benchmark: str) -> tuple[str, ...]:
@@ -251,9 +252,8 @@ def score_masks(video, predicted, tasks) -> dict:
   out = {}
   if "jf_propagation" in tasks:
     gt = video.labels
-    num_objects = int(np.where(gt[0] == davis.VOID_LABEL, 0, gt[0]).max())
     out["jf_propagation"] = davis.evaluate_sequence(gt[1:-1], predicted[1:-1], "semi-supervised",
-                                                    num_objects=num_objects)
+                                                    num_objects=davis.first_frame_objects(gt))
   if "miou" in tasks:
     scored = video.annotated.copy()
     scored[0] = False
@@ -265,8 +265,7 @@ def score_masks(video, predicted, tasks) -> dict:
 def _num_labels(video, tasks) -> int:
   if "miou" in tasks:
     return readers.VIP_NUM_CLASSES
-  first = video.labels[0]
-  return int(np.where(first == davis.VOID_LABEL, 0, first).max()) + 1
+  return davis.first_frame_objects(video.labels) + 1
 
 
 def evaluate_method(predictor, variables, video, tasks, e, discovery_args):
@@ -283,7 +282,7 @@ def evaluate_method(predictor, variables, video, tasks, e, discovery_args):
     predictions["discovery"], predictions["semantic"] = proposals[:count], semantic[:count]
     values.update(score_discovery(video, predictions["discovery"], tasks,
                                   e.unsupervised_matching))
-  if "jf_propagation" in tasks or "miou" in tasks:
+  if any(t in tasks for t in MASK_PROPAGATION_TASKS):
     predictions["propagation"] = propagate_masks(predictor, variables, video.frames,
                                                  video.labels[0], _num_labels(video, tasks), e)
     values.update(score_masks(video, predictions["propagation"], tasks))
@@ -318,7 +317,7 @@ def evaluate_trivial(video, tasks, e):
   if any(t in tasks for t in DISCOVERY_TASKS):
     values.update(score_discovery(video, np.ones(video.frames.shape[:3], np.uint8), tasks,
                                   e.unsupervised_matching))
-  if "jf_propagation" in tasks or "miou" in tasks:
+  if any(t in tasks for t in MASK_PROPAGATION_TASKS):
     first = np.where(video.labels[0] == davis.VOID_LABEL, 0, video.labels[0])
     values.update(score_masks(video, np.repeat(first[None], count, axis=0), tasks))
   if "pck" in tasks:

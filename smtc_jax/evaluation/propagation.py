@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smtc_jax.evaluation import discovery
+
 
 def neighbourhood_mask(h: int, w: int, radius: float) -> jax.Array:
   """(h*w, h*w) bool: cells within `radius` (Euclidean, in cells) of each other."""
@@ -76,6 +78,4 @@ def one_hot_on_grid(label_map: np.ndarray, num_labels: int, grid: tuple[int, int
 def upsample_labels(labels, size: tuple[int, int]) -> np.ndarray:
   """(F, h, w, C) distributions -> (F, H, W) argmax labels at image size, one
   frame at a time (a 480p video of 20 channels would be GBs at once)."""
-  resize = jax.jit(lambda x: jnp.argmax(jax.image.resize(x, (*size, x.shape[-1]), "bilinear"),
-                                        axis=-1))
-  return np.stack([np.asarray(resize(frame)) for frame in labels]).astype(np.uint8)
+  return np.stack([discovery.upsampled_argmax(frame, size) for frame in labels]).astype(np.uint8)

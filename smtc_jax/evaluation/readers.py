@@ -25,7 +25,6 @@ import glob
 import os
 
 import numpy as np
-from PIL import Image
 
 from smtc_jax.data import sources
 from smtc_jax.evaluation import davis
@@ -46,19 +45,15 @@ class Video:
   keypoints: np.ndarray | None = None  # (F, J, 2) x, y in 0-based pixels
 
 
-def _read_list(path: str) -> list[str]:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"video list {path} does not exist")
-  with open(path) as f:
-    return [line.strip() for line in f if line.strip()]
+def _subfolders(folder: str) -> list[str]:
+  return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
 
 
 def _frames(folder: str) -> tuple[list[str], np.ndarray]:
   """(frame stems, (F, H, W, 3) uint8) of a folder of images."""
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"frame folder {folder} does not exist")
-  paths = [p for p in sorted(glob.glob(os.path.join(folder, "*")))
-           if p.lower().endswith(sources.IMAGE_EXTENSIONS + (".bmp",))]
+  paths = sources.list_frames(folder)
   if not paths:
     raise FileNotFoundError(f"no frame in {folder}")
   frames = np.stack([sources.load_frame(p) for p in paths])
@@ -67,17 +62,15 @@ def _frames(folder: str) -> tuple[list[str], np.ndarray]:
 
 def _read_mask(path: str) -> np.ndarray:
   """(H, W) integer map of a PNG/PGM/PPM/BMP; colour masks collapse to their max channel."""
-  try:
-    with Image.open(path) as image:
-      array = np.asarray(image)
-  except OSError as e:
-    raise ValueError(f"cannot read mask {path}: {e}") from e
+  array = davis.read_label_png(path)
   return array.max(axis=-1) if array.ndim == 3 else array
 
 
 def _check_size(path: str, mask: np.ndarray, frames: np.ndarray) -> np.ndarray:
-  if mask.shape != frames.shape[1:3]:
-    raise ValueError(f"mask {path} has shape {mask.shape}, its frames {frames.shape[1:3]}")
+  """mask, after checking it has its frames' (H, W) or, for a video's labels, (F, H, W)."""
+  expected = frames.shape[1:3] if mask.ndim == 2 else frames.shape[:3]
+  if mask.shape != expected:
+    raise ValueError(f"mask {path} has shape {mask.shape}, its frames {expected}")
   return mask
 
 
@@ -94,17 +87,16 @@ def davis2017_load(root: str, split: str, name: str) -> Video:
   unsup_dir = os.path.join("Annotations_unsupervised", "480p")
   unsup = (davis.read_annotations(root, name, unsup_dir)[1]
            if os.path.isdir(os.path.join(root, unsup_dir, name)) else None)
-  for labels in (semi, unsup):
-    if labels is not None and labels.shape != frames.shape[:3]:
-      raise ValueError(f"{root}: annotations of {name} have shape {labels.shape}, "
-                       f"frames {frames.shape[:3]}")
+  _check_size(os.path.join(root, "Annotations", "480p", name), semi, frames)
+  if unsup is not None:
+    _check_size(os.path.join(root, unsup_dir, name), unsup, frames)
   return Video(name, frames, np.ones(len(frames), bool), semi, unsup)
 
 
 # --- DAVIS-2016 --------------------------------------------------------------
 
 def davis2016_names(root: str, split: str) -> list[str]:
-  lines = _read_list(os.path.join(root, "ImageSets", "480p", f"{split}.txt"))
+  lines = davis.read_list(os.path.join(root, "ImageSets", "480p", f"{split}.txt"))
   names = []
   for line in lines:  # "/JPEGImages/480p/bear/00000.jpg /Annotations/480p/bear/00000.png"
     name = line.split()[0].strip("/").split("/")[-2]
@@ -117,10 +109,8 @@ def davis2016_load(root: str, split: str, name: str) -> Video:
   del split
   _, frames = _frames(os.path.join(root, "JPEGImages", "480p", name))
   _, masks = davis.read_annotations(root, name, os.path.join("Annotations", "480p"))
-  if masks.shape != frames.shape[:3]:
-    raise ValueError(f"{root}: annotations of {name} have shape {masks.shape}, "
-                     f"frames {frames.shape[:3]}")
-  masks = masks.max(axis=-1) if masks.ndim == 4 else masks
+  masks = masks.max(axis=-1) if masks.ndim == 4 else masks  # colour PNGs: any channel
+  _check_size(os.path.join(root, "Annotations", "480p", name), masks, frames)
   return Video(name, frames, np.ones(len(frames), bool), (masks > 0).astype(np.uint8))
 
 
@@ -131,7 +121,7 @@ def segtrack_v2_names(root: str, split: str) -> list[str]:
   folder = os.path.join(root, "JPEGImages")
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder} does not exist: is {root} a SegTrack-v2 folder?")
-  return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+  return _subfolders(folder)
 
 
 def segtrack_v2_load(root: str, split: str, name: str) -> Video:
@@ -141,12 +131,10 @@ def segtrack_v2_load(root: str, split: str, name: str) -> Video:
   gt_dir = os.path.join(root, "GroundTruth", name)
   if not os.path.isdir(gt_dir):
     raise FileNotFoundError(f"ground-truth folder {gt_dir} does not exist")
-  subdirs = sorted(d for d in os.listdir(gt_dir) if os.path.isdir(os.path.join(gt_dir, d)))
-  folders = [os.path.join(gt_dir, d) for d in subdirs] or [gt_dir]
+  folders = [os.path.join(gt_dir, d) for d in _subfolders(gt_dir)] or [gt_dir]
   foreground = np.zeros(frames.shape[:3], bool)
   for folder in folders:
-    paths = [p for p in sorted(glob.glob(os.path.join(folder, "*")))
-             if p.lower().endswith((".png", ".bmp", ".jpg"))]
+    paths = sources.list_frames(folder)
     if len(paths) != len(frames):
       raise ValueError(f"{folder}: {len(paths)} masks for {len(frames)} frames of {name}")
     for t, path in enumerate(paths):
@@ -160,7 +148,7 @@ def fbms_names(root: str, split: str) -> list[str]:
   folder = os.path.join(root, split)
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder} does not exist: FBMS splits are Testset and Trainingset")
-  return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+  return _subfolders(folder)
 
 
 def fbms_load(root: str, split: str, name: str) -> Video:
@@ -197,7 +185,7 @@ def _jhmdb_videos(root: str, split: str) -> dict[str, str]:
   videos = {}
   for path in files:
     action = os.path.basename(path)[:-len(f"_test_split{JHMDB_SPLIT}.txt")]
-    for line in _read_list(path):
+    for line in davis.read_list(path):
       video, which = line.split()
       if which == wanted:
         videos[os.path.splitext(video)[0]] = action
@@ -229,7 +217,7 @@ def jhmdb_load(root: str, split: str, name: str) -> Video:
 # --- VIP ---------------------------------------------------------------------
 
 def vip_names(root: str, split: str) -> list[str]:
-  return _read_list(os.path.join(root, "lists", f"{split}_videos.txt"))
+  return davis.read_list(os.path.join(root, "lists", f"{split}_videos.txt"))
 
 
 def vip_load(root: str, split: str, name: str) -> Video:
