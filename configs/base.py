@@ -22,6 +22,10 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.vit.qkv_bias = True  # DINO's released ViT-S/16 weights carry qkv biases.
   m.vit.pretrain_grid = 14  # 224 / 16: the grid the position embedding is stored at.
   m.vit.layer_norm_eps = 1e-6
+  # Stochastic depth of the student's encoder in training (rate of the last block,
+  # linear from 0 at the first). The paper gives none; DINO's ViT (and so the
+  # authors' code) defaults to 0.1.
+  m.vit.drop_path_rate = 0.0
   # ResNet-50 in torchvision's layout (MoCo weights; BatchNorm statistics frozen).
   m.resnet = ml_collections.ConfigDict()
   m.resnet.stage_blocks = (3, 4, 6, 3)

@@ -94,8 +94,8 @@ def normalize(frames, config: ml_collections.ConfigDict):
 
 
 def model_rngs(rng):
-  instance, partner = jax.random.split(rng)
-  return {smtc.RNG_INSTANCE: instance, smtc.RNG_PARTNER: partner}
+  instance, partner, drop = jax.random.split(rng, 3)
+  return {smtc.RNG_INSTANCE: instance, smtc.RNG_PARTNER: partner, smtc.RNG_DROP_PATH: drop}
 
 
 def init_variables(config, model, rng):
@@ -123,7 +123,8 @@ def model_variables(params, batch_stats):
 
 
 def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_encoder: bool):
-  """One step: student and teacher forward on two views, eq. 13, AdamW, EMA.
+  """One step: student (in training mode) and teacher (deterministic) forward on
+  two views, eq. 13, AdamW, EMA.
 
   batch: {'student', 'teacher': (B, T, H, W, 3) uint8}. With `freeze_encoder`
   the student's encoder parameters are constants, so XLA computes no encoder
@@ -141,7 +142,7 @@ def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_enc
     if freeze_encoder:
       params = {**params, ENCODER: jax.lax.stop_gradient(params[ENCODER])}
     student = model.apply(model_variables(params, state.batch_stats), student_clip,
-                          rngs=model_rngs(student_rng))
+                          train=True, rngs=model_rngs(student_rng))
     return losses.smtc_loss(student, teacher, config)
 
   (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

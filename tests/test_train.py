@@ -88,6 +88,19 @@ def test_frozen_encoder_step_gives_the_same_losses_and_head_update(config):
                _host(frozen.params), _host(full.params))
 
 
+def test_student_trains_with_stochastic_depth(config):
+  batch = _batch(config, 2)
+  losses = {}
+  for rate in (0.0, 0.9):
+    config.model.vit.drop_path_rate = rate
+    mesh, state, steps = _setup(config)
+    _, metrics = steps[False](state, sharding.global_batch(batch, mesh))
+    losses[rate] = float(metrics["loss_sem"])
+  # Same initial weights (the rate adds no parameter), same batch and rngs: only
+  # the student's dropped residual branches change the loss.
+  assert abs(losses[0.9] - losses[0.0]) > 1e-6
+
+
 def test_weight_decay_skips_biases_and_one_dimensional_parameters():
   params = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}, "mu": jnp.ones((4, 2))}
   mask = train.decay_mask(params)

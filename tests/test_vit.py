@@ -69,3 +69,32 @@ def test_position_embedding_is_untouched_on_the_pretraining_grid():
   table = jax.random.normal(jax.random.PRNGKey(0), (16, 8))
   np.testing.assert_array_equal(vit.interpolate_pos_embed(table, 4, 4, 4), table)
   assert vit.interpolate_pos_embed(table, 4, 3, 7).shape == (21, 8)
+
+
+def test_drop_path_zeroes_whole_images_and_keeps_the_mean():
+  x = jnp.ones((4000, 3, 2))
+  out = np.asarray(vit.drop_path(x, 0.25, jax.random.PRNGKey(0)))
+  per_image = out.reshape(4000, -1)
+  assert set(np.unique(per_image)) == {0.0, np.float32(1.0 / 0.75)}
+  assert (per_image == per_image[:, :1]).all()  # one draw per image
+  assert abs(per_image[:, 0].mean() - 1.0) < 0.05  # unbiased
+
+
+def test_stochastic_depth_acts_in_training_mode_only():
+  kwargs = dict(patch_size=8, dim=16, depth=3, num_heads=2, pretrain_grid=2)
+  images = jax.random.normal(jax.random.PRNGKey(0), (6, 16, 16, 3))
+  plain = vit.VisionTransformer(**kwargs)
+  dropping = vit.VisionTransformer(drop_path_rate=0.5, **kwargs)
+  variables = plain.init(jax.random.PRNGKey(1), images)
+  reference = plain.apply(variables, images)["tokens"]
+  # Evaluation (and the teacher) is deterministic whatever the rate.
+  np.testing.assert_array_equal(dropping.apply(variables, images)["tokens"], reference)
+  np.testing.assert_array_equal(plain.apply(variables, images, train=True)["tokens"], reference)
+  rngs = {vit.RNG_DROP_PATH: jax.random.PRNGKey(2)}
+  trained = np.asarray(dropping.apply(variables, images, train=True, rngs=rngs)["tokens"])
+  assert np.abs(trained - np.asarray(reference)).max() > 1e-3
+  again = dropping.apply(variables, images, train=True, rngs=rngs)["tokens"]
+  np.testing.assert_array_equal(again, trained)  # a function of the rng
+  other = dropping.apply(variables, images, train=True,
+                         rngs={vit.RNG_DROP_PATH: jax.random.PRNGKey(3)})["tokens"]
+  assert np.abs(np.asarray(other) - trained).max() > 1e-3

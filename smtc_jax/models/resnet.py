@@ -87,6 +87,7 @@ class ResNetEncoder(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images):
+  def __call__(self, images, train: bool = False):
+    del train  # the same in both modes: BatchNorm statistics stay frozen
     out = ResNet(self.stage_blocks, self.stage_strides, self.dtype, name="backbone")(images)
     return {"tokens": out[self.feature_stage], **out}

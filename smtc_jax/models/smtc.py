@@ -24,7 +24,7 @@ import ml_collections
 
 from smtc_jax.models import resnet
 from smtc_jax.models.slot_attention import MLP, SemanticAwareSlotAttention
-from smtc_jax.models.vit import VisionTransformer
+from smtc_jax.models.vit import RNG_DROP_PATH, VisionTransformer
 
 RNG_INSTANCE = "instance"  # rng stream for the Gaussian samples of stage 2
 RNG_PARTNER = "partner"  # rng stream for the random partner frame j != t
@@ -75,10 +75,11 @@ class SMTC(nn.Module):
   object_head_ratio: int = 2
   dtype: Any = jnp.float32
 
-  def encode(self, clip):
-    """Encoder features (B, T, h, w, D) of every frame of the clip."""
+  def encode(self, clip, train: bool = False):
+    """Encoder features (B, T, h, w, D) of every frame of the clip; `train`
+    turns on the encoder's stochastic depth."""
     b, t, height, width, c = clip.shape
-    out = self.encoder(clip.reshape(b * t, height, width, c))
+    out = self.encoder(clip.reshape(b * t, height, width, c), train=train)
     if self.features == "tokens":
       feats = out["tokens"]
     elif self.features == "last_keys":
@@ -122,11 +123,12 @@ class SMTC(nn.Module):
     raise ValueError(f"model.slot_input must be 'fused', 'rgb' or 'correlation', got {self.slot_input!r}")
 
   @nn.compact
-  def __call__(self, clip, instance_noise=None, partner=None):
+  def __call__(self, clip, instance_noise=None, partner=None, train: bool = False):
     # clip: (B, T, H, W, 3); instance_noise: (B, T, N, P, D) or None (drawn from
-    # the 'instance' rng); partner: (B, T) int or None (from corr_partner).
+    # the 'instance' rng); partner: (B, T) int or None (from corr_partner);
+    # train: the student in training (encoder stochastic depth, 'drop_path' rng).
     b, t = clip.shape[:2]
-    feats = self.encode(clip)
+    feats = self.encode(clip, train)
     d = feats.shape[-1]
     n, p = self.slot_attention.num_semantics, self.slot_attention.num_instances
     if partner is None:
@@ -157,7 +159,8 @@ def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
     return VisionTransformer(
         patch_size=v.patch_size, dim=v.dim, depth=v.depth, num_heads=v.num_heads,
         mlp_ratio=v.mlp_ratio, qkv_bias=v.qkv_bias, pretrain_grid=v.pretrain_grid,
-        layer_norm_eps=v.layer_norm_eps, remat=m.remat, dtype=dtype)
+        layer_norm_eps=v.layer_norm_eps, drop_path_rate=v.drop_path_rate, remat=m.remat,
+        dtype=dtype)
   if m.encoder == "resnet":
     r = m.resnet
     return resnet.ResNetEncoder(stage_blocks=tuple(r.stage_blocks),

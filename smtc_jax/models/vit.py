@@ -19,6 +19,7 @@ TORCH_BICUBIC_A = -0.75
 # DINO adds 0.1 to the target grid before computing the interpolation scale
 # factor, to avoid floating point error in PyTorch's output-size computation.
 DINO_SCALE_OFFSET = 0.1
+RNG_DROP_PATH = "drop_path"  # rng stream of stochastic depth (training mode only)
 
 
 def _cubic_weights(t: np.ndarray, a: float) -> np.ndarray:
@@ -139,27 +140,48 @@ class Mlp(nn.Module):
     return nn.Dense(d, dtype=self.dtype, name="fc2")(x)
 
 
+def drop_path(x, rate: float, rng):
+  """Stochastic depth on a residual branch x (B, ...): each sample's branch is
+  dropped with probability `rate` and the kept ones scaled by 1 / (1 - rate)
+  (DINO's `drop_path`, one draw per image)."""
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
 class Block(nn.Module):
-  """Pre-norm transformer block: x + attn(LN(x)); x + mlp(LN(x))."""
+  """Pre-norm transformer block: x + attn(LN(x)); x + mlp(LN(x)), each branch
+  with stochastic depth at `drop_path_rate` unless `deterministic`."""
   num_heads: int
   mlp_ratio: float = 4.0
   qkv_bias: bool = True
   layer_norm_eps: float = 1e-6
+  drop_path_rate: float = 0.0
+  deterministic: bool = True
   dtype: Any = jnp.float32
+
+  def branch(self, y):
+    """A residual branch, dropped per image in training mode."""
+    if self.deterministic or self.drop_path_rate == 0.0:
+      return y
+    return drop_path(y, self.drop_path_rate, self.make_rng(RNG_DROP_PATH))
 
   @nn.compact
   def __call__(self, x):
     norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_eps, dtype=self.dtype)
     y, keys = Attention(self.num_heads, self.qkv_bias, self.dtype, name="attn")(norm(name="norm1")(x))
-    x = x + y
+    x = x + self.branch(y)
     hidden = int(x.shape[-1] * self.mlp_ratio)
-    x = x + Mlp(hidden, self.dtype, name="mlp")(norm(name="norm2")(x))
+    x = x + self.branch(Mlp(hidden, self.dtype, name="mlp")(norm(name="norm2")(x)))
     return x, keys
 
 
 class VisionTransformer(nn.Module):
   """DINO-layout ViT. Input (B, H, W, 3) normalised images, H and W multiples of
-  the patch size. Returns {'tokens', 'keys': (B, h, w, D), 'cls': (B, D)}."""
+  the patch size. Returns {'tokens', 'keys': (B, h, w, D), 'cls': (B, D)}.
+  With `train`, block i drops its residual branches with probability
+  drop_path_rate * i / (depth - 1) (DINO's stochastic depth decay rule; rng
+  stream 'drop_path')."""
   patch_size: int = 16
   dim: int = 384
   depth: int = 12
@@ -168,11 +190,12 @@ class VisionTransformer(nn.Module):
   qkv_bias: bool = True
   pretrain_grid: int = 14
   layer_norm_eps: float = 1e-6
+  drop_path_rate: float = 0.0
   remat: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images):
+  def __call__(self, images, train: bool = False):
     # images: (B, H, W, 3)
     b, height, width, _ = images.shape
     p = self.patch_size
@@ -190,10 +213,11 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim)).astype(self.dtype), x], axis=1)
     x = x + pos.astype(self.dtype)
     block_cls = nn.remat(Block) if self.remat else Block
+    rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     keys = None
     for i in range(self.depth):
       x, keys = block_cls(self.num_heads, self.mlp_ratio, self.qkv_bias, self.layer_norm_eps,
-                          self.dtype, name=f"blocks_{i}")(x)
+                          float(rates[i]), not train, self.dtype, name=f"blocks_{i}")(x)
     x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
     return {
         "tokens": x[:, 1:].reshape(b, h, w, self.dim),
