@@ -127,12 +127,21 @@ def get_data_config() -> ml_collections.ConfigDict:
   # Augmentation (Sec. 4.2 and the code): crop and flip shared by the student and
   # teacher views, colour jitter / grayscale / blur drawn per view.
   a = d.augment = ml_collections.ConfigDict()
+  # Random resized crop (Sec. 4.2), or the whole frame resized to `resolution`
+  # (code: its crop is commented out in utils.Augment_GPU_pre).
+  a.random_crop = True
+  # Ours: the paper gives no crop scale (the code's commented-out crop: 0.8-1.0).
   a.crop_scale = (0.35, 1.0)
   a.crop_ratio = (3 / 4, 4 / 3)
-  a.hflip_prob = 0.5
-  a.jitter_prob = 0.8
+  a.hflip_prob = 0.5  # Sec. 4.2 (code: 0, its flip is commented out too)
+  a.jitter_prob = 0.8  # code's values: the paper names colour jitter only
   a.jitter = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+  # Hue shift as a rotation of the YIQ chroma plane (ours) or in HSV (code:
+  # kornia's ColorJitter, as torchvision's).
+  a.hue_space = "yiq"  # yiq | hsv
   a.gray_prob = 0.2
+  # Grayscale after colour jitter (ours, torchvision/DINO order) or before it (code).
+  a.gray_before_jitter = False
   a.blur_prob = 0.5
   a.blur_sigma = (0.1, 2.0)
   a.blur_kernel_frac = 0.1  # kernel size ~ 10% of the side
@@ -165,7 +174,8 @@ def get_optim_config() -> ml_collections.ConfigDict:
 
 def get_train_config() -> ml_collections.ConfigDict:
   t = ml_collections.ConfigDict()
-  t.num_steps = 30000  # code's num_train_steps
+  # Ours: the paper gives no step count (the code's recipe: 10000, configs/reference.py).
+  t.num_steps = 30000
   t.ema_momentum = 0.999  # m of eq. 14
   t.ema_scope = "all"  # all (paper) | non_encoder (code: teacher encoder stays at init)
   t.log_every = 50

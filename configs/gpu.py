@@ -1,6 +1,6 @@
 """The paper's model on one 80 GB GPU (or all GPUs of one host): same code and
 model as configs/tpu_v4.py, a global batch that fits, the learning rate scaled
-linearly with it (the authors' recipe: 1e-4 at 64).
+linearly with it (the paper's rule, Sec. 4.2: 2e-4 at 128).
 
   python -m smtc_jax.main --config configs/gpu.py --workdir /runs/smtc \\
       --config.data.path=/data/youtube_vos --config.init.checkpoint=/data/dino_vits16

@@ -1,7 +1,10 @@
-"""The authors' released code's choices (REFERENCE_NOTES.md), for parity with
-their checkpoints and for paper-vs-code comparisons.
+"""The authors' released code's choices (REFERENCE_NOTES.md and the README's
+"Paper vs. code" table): their model, losses, training recipe (start_twostage.sh,
+src/train.py, src/utils.py) and inference (src/eval_multi.py, src/eval_prop.py),
+for parity with their checkpoints and for paper-vs-code comparisons.
 
-  python -m smtc_jax.main --config configs/reference.py --workdir DIR
+  python -m smtc_jax.main --config configs/reference.py --workdir DIR \\
+      --config.data.path=/data/youtube_vos --config.init.checkpoint=/data/dino_vits16
 """
 
 from configs import base
@@ -18,10 +21,30 @@ def get_config():
   m.tau = 0.3
   m.sample_grad = "none"
   m.detach_trick = True
+  m.vit.drop_path_rate = 0.1  # DINO's vit_small default; the student runs model.train()
   l = config.loss
   l.sinkhorn_iters = 3
   l.sinkhorn_marginals = "feature_norm"
   l.valid_mask_tau = 0.3
   l.instance_form = "cosine"
   l.obj_same_frame_pairs = True
+  # Their recipe (start_twostage.sh): 32 clips on each of 4 processes, lr 2e-5,
+  # scaled linearly with the global batch as the paper's rule (Sec. 4.2).
+  d = config.data
+  d.batch_size = 32 * 4
+  o = config.optim
+  o.learning_rate = 2e-5 * d.batch_size / (32 * 4)
+  o.encoder_lr_mult = 0.01  # train.py: encoder parameter groups at lr x 0.01 ...
+  o.grad_iter = 3000  # ... and x 0 for the first grad_iter steps
+  config.train.num_steps = 10000  # num_train_steps
+  config.train.ema_scope = "non_encoder"  # the teacher's encoder is never updated
+  # Their augmentation (utils.Augment_GPU_pre): frames resized whole to 256x256
+  # (data.readRGB), crop and flip commented out, grayscale before kornia's
+  # ColorJitter (HSV hue). They normalise with ImageNet statistics in training
+  # (base's data.mean / data.std; the Kinetics ones only in eval_multi.py).
+  a = d.augment
+  a.random_crop = False
+  a.hflip_prob = 0.0
+  a.gray_before_jitter = True
+  a.hue_space = "hsv"
   return config

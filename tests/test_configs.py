@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from smtc_jax import checkpoint, sharding, train
+from smtc_jax.data import pipeline
 from smtc_jax.models import smtc
 
 CONFIGS = ["base", "reference", "tiny", "cpu_synthetic", "tpu_v4", "gpu"]
@@ -66,3 +67,28 @@ def test_init_checkpoint_with_the_wrong_shapes_is_rejected_by_name(tmp_path):
   bigger = smtc.build_model(config)
   with pytest.raises(ValueError, match="wrong shapes"):
     train.create_state(config, bigger, train.make_optimizer(config), mesh)
+
+
+def test_reference_config_selects_the_authors_training_recipe():
+  config = importlib.import_module("configs.reference").get_config()
+  o = config.optim
+  # start_twostage.sh: lr 2e-5 for 32 clips on each of 4 processes, 10000 steps; the
+  # linear rule of Sec. 4.2 keeps lr / global batch at theirs for another batch.
+  assert o.learning_rate / config.data.batch_size == pytest.approx(2e-5 / 128)
+  assert config.train.num_steps == 10000
+  # train.py: encoder groups at lr x 0 for 3000 steps, then x 0.01.
+  assert train.encoder_frozen(config, 2999) and not train.encoder_frozen(config, 3000)
+  ratio = train.encoder_learning_rate(config)(3000) / train.learning_rate(config)(3000)
+  assert float(ratio) == pytest.approx(0.01)
+  assert config.train.ema_scope == "non_encoder" and config.model.vit.drop_path_rate == 0.1
+  spec = pipeline.ClipSpec.from_config(config.data)
+  assert not spec.random_crop and spec.hflip_prob == 0 and spec.gray_before_jitter
+  assert spec.hue_space == "hsv"
+  assert tuple(config.data.mean) == (0.485, 0.456, 0.406)  # ImageNet in their training
+
+
+def test_unknown_hue_space_is_named():
+  config = importlib.import_module("configs.tiny").get_config()
+  config.data.augment.hue_space = "lab"
+  with pytest.raises(ValueError, match="data.augment.hue_space must be one of"):
+    pipeline.ClipSpec.from_config(config.data)

@@ -110,6 +110,58 @@ def test_augmentation_is_identical_across_frames_and_geometry_is_shared_by_views
   assert np.abs(views["student"].astype(int) - views["teacher"]).max() > 0
 
 
+def test_hsv_round_trip_matches_colorsys_and_shifts_the_hue():
+  import colorsys  # pylint: disable=g-import-not-at-top
+  rgb = np.random.default_rng(0).uniform(size=(200, 3)).astype(np.float32)
+  rgb[:3] = [[0.5, 0.5, 0.5], [0, 0, 0], [1, 0, 0]]  # gray, black, red
+  hsv = pipeline.rgb_to_hsv(rgb)
+  np.testing.assert_allclose(hsv, [colorsys.rgb_to_hsv(*p) for p in rgb], atol=1e-6)
+  np.testing.assert_allclose(pipeline.hsv_to_rgb(hsv), rgb, atol=1e-6)
+  shifted = pipeline.HUE_ROTATIONS["hsv"](rgb, 1 / 3)
+  np.testing.assert_allclose(shifted[2], [0, 1, 0], atol=1e-6)  # red -> green
+  np.testing.assert_allclose(shifted[0], rgb[0])  # gray stays gray
+  np.testing.assert_allclose(pipeline.rgb_to_hsv(shifted)[:, 1:], hsv[:, 1:], atol=1e-6)
+
+
+def _colour_video(frames=4, size=40):
+  y, x = np.mgrid[0:size, 0:size]
+  frame = np.stack([x * 255 // size, y * 255 // size, (x + y) * 127 // size], -1)
+  return {"name": "colour", "frames": np.repeat(frame[None].astype(np.uint8), frames, axis=0)}
+
+
+def test_whole_frame_option_resizes_the_frame_without_crop_or_flip():
+  video = _colour_video()
+  spec = _spec(random_crop=False, hflip_prob=0.0, jitter_prob=0.0, gray_prob=0.0,
+               blur_prob=0.0, resolution=(16, 24))
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  expected = np.asarray(Image.fromarray(video["frames"][0]).resize((24, 16), Image.BILINEAR))
+  for seed in range(5):
+    out = pipeline.SampleClip(spec).random_map(video, np.random.default_rng(seed))
+    for view in out.values():
+      np.testing.assert_array_equal(view[0], expected)
+  cropped = pipeline.SampleClip(dataclasses.replace(spec, random_crop=True))
+  assert any(np.abs(cropped.random_map(video, np.random.default_rng(seed))["student"][0]
+                    .astype(int) - expected).max() > 0 for seed in range(5))
+
+
+@pytest.mark.parametrize("gray_first", [True, False])
+def test_grayscale_before_jitter_makes_the_hue_shift_a_no_op(gray_first):
+  # Always gray, always a large HSV hue shift: converted first, the hue shift finds
+  # no colour and the view is the original's luma; converted last, the luma of the
+  # hue-shifted colours differs.
+  video = _colour_video()
+  spec = _spec(random_crop=False, hflip_prob=0.0, jitter_prob=1.0, jitter=(0, 0, 0, 0.5),
+               hue_space="hsv", gray_prob=1.0, gray_before_jitter=gray_first, blur_prob=0.0,
+               resolution=(40, 40))
+  luma = np.round(pipeline._grayscale(video["frames"][0] / 255.0) * 255).astype(int)
+  differences = [np.abs(pipeline.SampleClip(spec).random_map(video, np.random.default_rng(s))
+                        ["student"][0].astype(int) - luma).max() for s in range(4)]
+  if gray_first:
+    assert max(differences) <= 1
+  else:
+    assert max(differences) > 10
+
+
 def test_iterator_state_restores_the_same_next_batch(synthetic_root):
   source = sources.FrameFolderSource(synthetic_root, "davis", "train", 3)
   ds = pipeline.build_dataset(source, _spec(), seed=2, global_batch=2)

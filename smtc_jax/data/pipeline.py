@@ -6,9 +6,10 @@ p loads its contiguous share [s * B + p * B / n, s * B + (p + 1) * B / n). So th
 global batch is the same, element for element, on any number of processes and
 workers, and deterministic given (seed, step).
 Each clip yields two views, 'student' and 'teacher' (T, H, W, 3) uint8: the
-geometric augmentation (random resized crop, flip) is shared by both views so
-their tokens correspond, the photometric one (colour jitter, grayscale, blur)
-is drawn per view; every augmentation is identical across the frames of a clip.
+geometric augmentation (random resized crop or the whole frame, flip) is shared
+by both views so their tokens correspond, the photometric one (colour jitter,
+grayscale, blur) is drawn per view; every augmentation is identical across the
+frames of a clip.
 """
 
 import dataclasses
@@ -30,12 +31,15 @@ class ClipSpec:
   num_frames: int
   gap: int
   resolution: tuple[int, int]
+  random_crop: bool  # False: the whole frame is resized
   crop_scale: tuple[float, float]
   crop_ratio: tuple[float, float]
   hflip_prob: float
   jitter_prob: float
   jitter: tuple[float, float, float, float]  # brightness, contrast, saturation, hue
+  hue_space: str  # yiq | hsv
   gray_prob: float
+  gray_before_jitter: bool
   blur_prob: float
   blur_sigma: tuple[float, float]
   blur_kernel_frac: float
@@ -43,10 +47,15 @@ class ClipSpec:
   @classmethod
   def from_config(cls, data: ml_collections.ConfigDict) -> "ClipSpec":
     a = data.augment
+    if a.hue_space not in HUE_ROTATIONS:
+      raise ValueError(f"data.augment.hue_space must be one of {sorted(HUE_ROTATIONS)}, "
+                       f"got {a.hue_space!r}")
     return cls(num_frames=data.num_frames, gap=data.gap, resolution=tuple(data.resolution),
-               crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio),
-               hflip_prob=a.hflip_prob, jitter_prob=a.jitter_prob, jitter=tuple(a.jitter),
-               gray_prob=a.gray_prob, blur_prob=a.blur_prob, blur_sigma=tuple(a.blur_sigma),
+               random_crop=a.random_crop, crop_scale=tuple(a.crop_scale),
+               crop_ratio=tuple(a.crop_ratio), hflip_prob=a.hflip_prob,
+               jitter_prob=a.jitter_prob, jitter=tuple(a.jitter), hue_space=a.hue_space,
+               gray_prob=a.gray_prob, gray_before_jitter=a.gray_before_jitter,
+               blur_prob=a.blur_prob, blur_sigma=tuple(a.blur_sigma),
                blur_kernel_frac=a.blur_kernel_frac)
 
 
@@ -87,33 +96,77 @@ _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 
 
-def _rotate_hue(x, shift: float):
+def _rotate_hue_yiq(x, shift: float):
   """Hue rotation by `shift` turns, as a rotation of the chroma plane in YIQ."""
   c, s = np.cos(2 * np.pi * shift), np.sin(2 * np.pi * shift)
   rotation = np.array([[1, 0, 0], [0, c, -s], [0, s, c]], np.float32)
   return x @ (_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ).T
 
 
+def rgb_to_hsv(x):
+  """(..., 3) RGB in [0, 1] -> (..., 3) HSV, hue in turns [0, 1)."""
+  r, g, b = x[..., 0], x[..., 1], x[..., 2]
+  value = x.max(-1)
+  delta = value - x.min(-1)
+  saturation = np.where(value > 0, delta / np.where(value > 0, value, 1), 0)
+  d = np.where(delta > 0, delta, 1)
+  hue = np.where(r == value, (g - b) / d, np.where(g == value, 2 + (b - r) / d, 4 + (r - g) / d))
+  hue = np.where(delta > 0, (hue / 6) % 1.0, 0)
+  return np.stack([hue, saturation, value], -1)
+
+
+def hsv_to_rgb(x):
+  """(..., 3) HSV (hue in turns) -> (..., 3) RGB."""
+  h, s, v = x[..., 0], x[..., 1], x[..., 2]
+  sector = np.floor(h * 6)
+  f = h * 6 - sector
+  p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+  sector = sector.astype(np.int64) % 6
+  # The (r, g, b) of each of the six hue sectors.
+  table = np.stack([np.stack(c, -1) for c in
+                    ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
+  return np.take_along_axis(table, sector[None, ..., None], 0)[0]
+
+
+def _rotate_hue_hsv(x, shift: float):
+  """Hue shift by `shift` turns in HSV (torchvision's and kornia's ColorJitter)."""
+  hsv = rgb_to_hsv(x)
+  hsv[..., 0] = (hsv[..., 0] + shift) % 1.0
+  return hsv_to_rgb(hsv).astype(x.dtype)
+
+
+# data.augment.hue_space: our YIQ rotation or the HSV shift of the authors' kornia.
+HUE_ROTATIONS = {"yiq": _rotate_hue_yiq, "hsv": _rotate_hue_hsv}
+
+
+def _color_jitter(x, spec: ClipSpec, rng):
+  """Brightness, contrast, saturation and hue in a random order."""
+  b, c, s, h = spec.jitter
+  for op in rng.permutation(4):
+    if op == 0:
+      x = x * rng.uniform(1 - b, 1 + b)
+    elif op == 1:
+      mean = _grayscale(x)[..., 0].mean(axis=(1, 2), keepdims=True)[..., None]
+      factor = rng.uniform(1 - c, 1 + c)
+      x = x * factor + mean * (1 - factor)
+    elif op == 2:
+      factor = rng.uniform(1 - s, 1 + s)
+      x = x * factor + _grayscale(x) * (1 - factor)
+    else:
+      x = HUE_ROTATIONS[spec.hue_space](x, rng.uniform(-h, h))
+    x = np.clip(x, 0.0, 1.0)
+  return x
+
+
 def photometric(frames, spec: ClipSpec, rng):
-  """Colour jitter (random order), grayscale and Gaussian blur on (T, H, W, 3)
-  floats in [0, 1], the same draw for every frame."""
+  """Colour jitter and grayscale (in the configured order), then Gaussian blur,
+  on (T, H, W, 3) floats in [0, 1], the same draw for every frame."""
   x = frames
+  if spec.gray_before_jitter and rng.uniform() < spec.gray_prob:
+    x = _grayscale(x)
   if rng.uniform() < spec.jitter_prob:
-    b, c, s, h = spec.jitter
-    for op in rng.permutation(4):
-      if op == 0:
-        x = x * rng.uniform(1 - b, 1 + b)
-      elif op == 1:
-        mean = _grayscale(x)[..., 0].mean(axis=(1, 2), keepdims=True)[..., None]
-        factor = rng.uniform(1 - c, 1 + c)
-        x = x * factor + mean * (1 - factor)
-      elif op == 2:
-        factor = rng.uniform(1 - s, 1 + s)
-        x = x * factor + _grayscale(x) * (1 - factor)
-      else:
-        x = _rotate_hue(x, rng.uniform(-h, h))
-      x = np.clip(x, 0.0, 1.0)
-  if rng.uniform() < spec.gray_prob:
+    x = _color_jitter(x, spec, rng)
+  if not spec.gray_before_jitter and rng.uniform() < spec.gray_prob:
     x = _grayscale(x)
   if rng.uniform() < spec.blur_prob:
     sigma = rng.uniform(*spec.blur_sigma)
@@ -142,7 +195,8 @@ class SampleClip(grain.transforms.RandomMap):
     height, width = frames[0].shape[:2]
     if any(f.shape[:2] != (height, width) for f in frames):
       raise ValueError(f"video {video['name']}: frames of different sizes")
-    top, left, h, w = random_crop_box(height, width, spec.crop_scale, spec.crop_ratio, rng)
+    top, left, h, w = (random_crop_box(height, width, spec.crop_scale, spec.crop_ratio, rng)
+                       if spec.random_crop else (0, 0, height, width))
     out_h, out_w = spec.resolution
     clip = np.stack([
         np.asarray(Image.fromarray(f[top:top + h, left:left + w]).resize(
