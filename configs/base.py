@@ -167,7 +167,10 @@ def get_optim_config() -> ml_collections.ConfigDict:
   o.b2 = 0.999
   o.eps = 1e-8
   o.encoder_lr_mult = 1.0  # code: 0.01
-  o.grad_iter = 0  # steps with the encoder frozen (code's faster recipe: 3000)
+  # Steps with the encoder frozen (code's faster recipe: 3000). Frozen for real:
+  # no encoder backward, and its AdamW state waits untouched for the first
+  # trained step (the code runs the backward at lr 0, so its moments are warm).
+  o.grad_iter = 0
   o.grad_clip_norm = 0.0  # 0 = no clipping
   return o
 

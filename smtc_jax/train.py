@@ -57,17 +57,36 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW with its own schedule for the encoder and for everything else."""
+def freezable(moments: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """`moments` that, updated with freeze_encoder=True, return zero updates and
+  keep their state (Adam's mu, nu and step count) as it was: the first update
+  after a freeze is then a fresh AdamW's, not one bias-corrected for steps that
+  never fed it a gradient."""
+
+  def update(updates, state, params=None, *, freeze_encoder: bool = False, **extra_args):
+    del extra_args
+    if freeze_encoder:
+      return jax.tree.map(jnp.zeros_like, updates), state
+    return moments.update(updates, state, params)
+
+  return optax.GradientTransformationExtraArgs(moments.init, update)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
+  """AdamW with its own schedule for the encoder and for everything else. While
+  the encoder is frozen (`update(..., freeze_encoder=True)`) its Adam state
+  stands still; its schedule, like every other, follows the global step."""
   o = config.optim
 
-  def adamw(schedule):
-    return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                       mask=decay_mask)
+  def adamw(schedule, moments):  # optax.adamw's chain, with the moments given
+    return optax.chain(moments, optax.add_decayed_weights(o.weight_decay, decay_mask),
+                       optax.scale_by_learning_rate(schedule))
 
+  moments = lambda: optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps)
   labels = lambda params: {k: (ENCODER if k == ENCODER else "head") for k in params}
   optimizer = optax.multi_transform(
-      {ENCODER: adamw(encoder_learning_rate(config)), "head": adamw(learning_rate(config))},
+      {ENCODER: adamw(encoder_learning_rate(config), freezable(moments())),
+       "head": adamw(learning_rate(config), moments())},
       labels)
   if o.grad_clip_norm:
     optimizer = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), optimizer)
@@ -128,7 +147,8 @@ def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_enc
 
   batch: {'student', 'teacher': (B, T, H, W, 3) uint8}. With `freeze_encoder`
   the student's encoder parameters are constants, so XLA computes no encoder
-  backward at all; the update of every other parameter is the same.
+  backward at all, and the encoder's AdamW state is left untouched; the update
+  of every other parameter is the same.
   """
   rng = jax.random.fold_in(state.rng, state.step)
   student_rng, teacher_rng = jax.random.split(rng)
@@ -146,7 +166,8 @@ def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_enc
     return losses.smtc_loss(student, teacher, config)
 
   (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params,
+                                        freeze_encoder=freeze_encoder)
   params = optax.apply_updates(state.params, updates)
   t = config.train
   ema_params = ema_update(state.ema_params, params, t.ema_momentum, t.ema_scope)

@@ -8,6 +8,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import tiny
@@ -86,6 +87,41 @@ def test_frozen_encoder_step_gives_the_same_losses_and_head_update(config):
   assert float(m_frozen["lr_encoder"]) == 0.0
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                _host(frozen.params), _host(full.params))
+
+
+def _encoder_adam(opt_state):
+  """The encoder group's Adam state (its mu holds the encoder's parameters)."""
+  is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_adam)
+           if is_adam(s) and not isinstance(s.mu[train.ENCODER], optax.MaskedNode)]
+  assert len(found) == 1
+  return found[0]
+
+
+def test_first_encoder_update_after_the_freeze_is_a_fresh_adamw_update(config):
+  config.optim.grad_iter = 2
+  mesh, state, steps = _setup(config)
+  start = _host(state.params[train.ENCODER])
+  for k in range(2):
+    state, _ = steps[True](state, sharding.global_batch(_batch(config, 2, k), mesh))
+  # Frozen: the encoder and its Adam state (count included) are untouched.
+  jax.tree.map(np.testing.assert_array_equal, _host(state.params[train.ENCODER]), start)
+  assert int(_encoder_adam(state.opt_state).count) == 0
+  state, _ = steps[False](state, sharding.global_batch(_batch(config, 2, 2), mesh))
+  adam = _encoder_adam(state.opt_state)
+  assert int(adam.count) == 1
+  # The gradient it was fed, from its first moment (1 - b1) g, given to a fresh
+  # AdamW at the encoder's learning rate of step 2.
+  o = config.optim
+  grads = jax.tree.map(lambda m: np.asarray(m) / (1 - o.b1), adam.mu[train.ENCODER])
+  fresh = optax.adamw(train.encoder_learning_rate(config)(2), b1=o.b1, b2=o.b2, eps=o.eps,
+                      weight_decay=o.weight_decay, mask=train.decay_mask)
+  updates, _ = fresh.update(grads, fresh.init(start), start)
+  expected = optax.apply_updates(start, updates)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8),
+               _host(state.params[train.ENCODER]), _host(expected))
+  assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(_host(state.params[
+      train.ENCODER])), jax.tree.leaves(start))) > 1e-4  # it did move
 
 
 def test_student_trains_with_stochastic_depth(config):
