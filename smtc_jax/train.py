@@ -105,40 +105,13 @@ def ema_update(ema_params, params, momentum: float, scope: str):
   return updated
 
 
-def normalize(frames, config: ml_collections.ConfigDict):
-  """uint8 (..., 3) frames -> float32 normalised with the data statistics."""
-  mean = jnp.asarray(config.data.mean, jnp.float32) * 255.0
-  std = jnp.asarray(config.data.std, jnp.float32) * 255.0
-  return (frames.astype(jnp.float32) - mean) / std
-
-
-def model_rngs(rng):
-  instance, partner, drop = jax.random.split(rng, 3)
-  return {smtc.RNG_INSTANCE: instance, smtc.RNG_PARTNER: partner, smtc.RNG_DROP_PATH: drop}
-
-
-def init_variables(config, model, rng):
-  """(variables, rng left for the train state): the model initialised on a
-  dummy clip of the configured size. Evaluation's untrained baseline draws its
-  weights here too, so it is the trained run's step 0."""
-  d = config.data
-  clip = jnp.zeros((1, d.num_frames, *d.resolution, 3), jnp.float32)
-  params_rng, init_rng, state_rng = jax.random.split(rng, 3)
-  return model.init({"params": params_rng, **model_rngs(init_rng)}, clip), state_rng
-
-
 def init_state(config, model, rng, optimizer) -> TrainState:
   """Student and teacher start equal (as the code's load_state_dict)."""
-  variables, state_rng = init_variables(config, model, rng)
+  variables, state_rng = smtc.init_variables(config, model, rng)
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                     batch_stats=variables.get("batch_stats", {}),
                     opt_state=optimizer.init(params), rng=state_rng)
-
-
-def model_variables(params, batch_stats):
-  """The variables model.apply takes: params, and BatchNorm statistics if any."""
-  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
 def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_encoder: bool):
@@ -152,17 +125,17 @@ def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_enc
   """
   rng = jax.random.fold_in(state.rng, state.step)
   student_rng, teacher_rng = jax.random.split(rng)
-  teacher = model.apply(model_variables(state.ema_params, state.batch_stats),
-                        normalize(batch["teacher"], config),
-                        rngs=model_rngs(teacher_rng))
+  teacher = model.apply(smtc.model_variables(state.ema_params, state.batch_stats),
+                        smtc.normalize(batch["teacher"], config),
+                        rngs=smtc.model_rngs(teacher_rng))
   teacher = jax.lax.stop_gradient(teacher)
-  student_clip = normalize(batch["student"], config)
+  student_clip = smtc.normalize(batch["student"], config)
 
   def loss_fn(params):
     if freeze_encoder:
       params = {**params, ENCODER: jax.lax.stop_gradient(params[ENCODER])}
-    student = model.apply(model_variables(params, state.batch_stats), student_clip,
-                          train=True, rngs=model_rngs(student_rng))
+    student = model.apply(smtc.model_variables(params, state.batch_stats), student_clip,
+                          train=True, rngs=smtc.model_rngs(student_rng))
     return losses.smtc_loss(student, teacher, config)
 
   (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

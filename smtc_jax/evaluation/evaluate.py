@@ -35,14 +35,14 @@ def trained_variables(config, workdir: str):
   if os.path.isdir(export):
     logging.info("evaluating %s of %s", config.eval.params, export)
     tree = checkpoint.load_params(export)
-    return train.model_variables(tree[config.eval.params], tree.get("batch_stats", {}))
+    return smtc.model_variables(tree[config.eval.params], tree.get("batch_stats", {}))
   state = jax.device_get(train.latest_state(config, workdir))
-  return train.model_variables(getattr(state, config.eval.params), state.batch_stats)
+  return smtc.model_variables(getattr(state, config.eval.params), state.batch_stats)
 
 
 def untrained_variables(config):
   """The model at initialisation: the trained run's step 0 (same seed)."""
-  variables, _ = train.init_variables(config, smtc.build_model(config),
+  variables, _ = smtc.init_variables(config, smtc.build_model(config),
                                       jax.random.PRNGKey(config.seed))
   return variables
 
@@ -55,11 +55,11 @@ class Predictor:
     self.model = smtc.build_model(config)
     self.size = tuple(config.data.resolution)
     self.grid = tuple(r // smtc.encoder_stride(config) for r in self.size)
-    rngs = train.model_rngs(jax.random.PRNGKey(config.seed))
+    rngs = smtc.model_rngs(jax.random.PRNGKey(config.seed))
     self._apply = jax.jit(lambda variables, clip: self.model.apply(
-        variables, train.normalize(clip, config), rngs=rngs))
+        variables, smtc.normalize(clip, config), rngs=rngs))
     self._encode = jax.jit(lambda variables, clip: self.model.apply(
-        variables, train.normalize(clip, config), method=smtc.SMTC.encode))
+        variables, smtc.normalize(clip, config), method=smtc.SMTC.encode))
 
   def clips(self, variables, frames):
     small = discovery.resize_frames(frames, self.size)

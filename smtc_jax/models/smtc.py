@@ -24,10 +24,12 @@ import ml_collections
 
 from smtc_jax.models import resnet
 from smtc_jax.models.slot_attention import MLP, SemanticAwareSlotAttention
-from smtc_jax.models.vit import RNG_DROP_PATH, VisionTransformer
+from smtc_jax.models import vit
+from smtc_jax.models.vit import VisionTransformer
 
 RNG_INSTANCE = "instance"  # rng stream for the Gaussian samples of stage 2
 RNG_PARTNER = "partner"  # rng stream for the random partner frame j != t
+RNG_DROP_PATH = vit.RNG_DROP_PATH  # rng stream of the encoder's stochastic depth
 
 
 def partner_indices(rng, batch: int, num_frames: int, mode: str):
@@ -194,3 +196,34 @@ def build_model(config: ml_collections.ConfigDict) -> SMTC:
       corr_grid=tuple(r // stride for r in config.data.resolution),
       fusion=m.fusion, slot_input=m.slot_input,
       object_head_ratio=m.object_head_ratio, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------
+# Model inputs, shared by training and evaluation.
+# ---------------------------------------------------------------------------
+
+def normalize(frames, config: ml_collections.ConfigDict):
+  """uint8 (..., 3) frames -> float32 normalised with the data statistics."""
+  mean = jnp.asarray(config.data.mean, jnp.float32) * 255.0
+  std = jnp.asarray(config.data.std, jnp.float32) * 255.0
+  return (frames.astype(jnp.float32) - mean) / std
+
+
+def model_rngs(rng):
+  """The rng streams `SMTC.apply` draws from, split from one key."""
+  instance, partner, drop = jax.random.split(rng, 3)
+  return {RNG_INSTANCE: instance, RNG_PARTNER: partner, RNG_DROP_PATH: drop}
+
+
+def model_variables(params, batch_stats):
+  """The variables model.apply takes: params, and BatchNorm statistics if any."""
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def init_variables(config: ml_collections.ConfigDict, model: SMTC, rng):
+  """(variables, rng left for the train state): the model initialised on a
+  dummy clip of the configured size, as a run's step 0 before init.checkpoint."""
+  d = config.data
+  clip = jnp.zeros((1, d.num_frames, *d.resolution, 3), jnp.float32)
+  params_rng, init_rng, state_rng = jax.random.split(rng, 3)
+  return model.init({"params": params_rng, **model_rngs(init_rng)}, clip), state_rng
