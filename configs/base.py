@@ -199,7 +199,10 @@ def get_init_config() -> ml_collections.ConfigDict:
 def get_eval_config() -> ml_collections.ConfigDict:
   e = ml_collections.ConfigDict()
   e.first_stage_only = False  # SMTC-dagger (Table 2): semantic masks only.
-  e.instance_score = 0.5  # eq. 11 at inference.
+  # Proposals (Sec. 4.2): the instances valid by eq. 11 as in training (area of the
+  # semantic mask binarised at loss.valid_mask_tau >= loss.tau1 and cos >= loss.tau2;
+  # paper), or cos >= loss.tau2 alone (code: eval_multi.py's score >= 0.5).
+  e.candidates = "eq11"  # eq11 | score
   e.unsupervised_matching = "video"  # video (official) | frame (authors' repo).
   e.params = "params"  # which weights are evaluated: params (student) | ema_params (teacher)
   # synthetic | davis2017 | davis2016 | segtrack_v2 | fbms | jhmdb | vip (evaluation/readers.py)

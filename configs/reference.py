@@ -47,4 +47,7 @@ def get_config():
   a.hflip_prob = 0.0
   a.gray_before_jitter = True
   a.hue_space = "hsv"
+  # Their inference (eval_multi.py): proposals by the score cos(S_n, O_np) >= 0.5
+  # alone, without eq. 11's area criterion.
+  config.eval.candidates = "score"
   return config

@@ -225,7 +225,7 @@ def bench_propagate(config) -> dict:
   start = time.perf_counter()
   outputs = predictor.clips(variables, frames)
   discovery.discover(outputs, config.data.num_frames, frames.shape[1:3],
-                     predictor.grid, e.instance_score, e.max_proposals)
+                     predictor.grid, discovery.Candidates.from_config(config), e.max_proposals)
   discover_s = time.perf_counter() - start
   memory, memory_kind = peak_memory_bytes()
   return {"bench": "propagate", "frames": FLAGS.frames, "size": "854x480",

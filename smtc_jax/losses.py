@@ -101,20 +101,26 @@ def mask_regularization_loss(semantic_masks, eps: float):
   return jnp.sum(gram * off_diagonal) / (off_diagonal.sum() * gram.shape[0] * gram.shape[1])
 
 
+def large_semantics(semantic_masks, *, mask_tau: float, tau1: float):
+  """First criterion of eq. 11: (..., N) bool, semantic n's mask binarised at
+  probability mask_tau covers at least tau1 of the frame. semantic_masks: (..., N, L)."""
+  return jnp.mean((semantic_masks > mask_tau).astype(jnp.float32), axis=-1) >= tau1
+
+
 def valid_instances(semantic_masks, semantic_slots, instance_slots, *,
                     mask_tau: float, tau1: float, tau2: float, use_area: bool = True):
   """Valid-instance indicator I_t (eq. 11): (B, T, N, P) in {0, 1}.
 
   Instance (n, p) is valid when semantic n's binarised mask (probability >
   mask_tau) covers at least tau1 of the frame and cos(S[n], O[n, p]) >= tau2.
-  `use_area=False` drops the first criterion (instance stage only: no masks).
+  `use_area=False` drops the first criterion (instance stage only: no masks;
+  the code's inference: the score alone).
   """
   similarity = jnp.einsum("btnd,btnpd->btnp", l2_normalize(semantic_slots),
                           l2_normalize(instance_slots))
   valid = similarity >= tau2
   if use_area:
-    area = jnp.mean((semantic_masks > mask_tau).astype(jnp.float32), axis=-1)  # (B, T, N)
-    valid = valid & (area >= tau1)[..., None]
+    valid = valid & large_semantics(semantic_masks, mask_tau=mask_tau, tau1=tau1)[..., None]
   return jax.lax.stop_gradient(valid.astype(jnp.float32))
 
 

@@ -96,9 +96,53 @@ def test_first_stage_only_proposals_are_the_large_semantic_masks():
       "objects": rng.normal(size=(1, 2, 3, 2, 8)),
       "object_masks": np.repeat(semantic[:, :, :, None] / 2, 2, axis=3),
   }
-  proposals, semantic_map = discovery.discover(outputs, 2, (4, 4), (2, 2), 0.5, 20,
-                                               first_stage_only=True, area_tau=0.3, mask_tau=0.5)
+  rule = discovery.Candidates(mask_tau=0.5, tau1=0.3, tau2=0.5)
+  proposals, semantic_map = discovery.discover(outputs, 2, (4, 4), (2, 2), rule, 20,
+                                               first_stage_only=True)
   # Semantic 1 wins the bottom-right quarter but covers 1/4 < 0.3: background.
   assert set(np.unique(proposals)) == {0, 1}
   assert (proposals[:, :2, :2] == 1).all()
   assert semantic_map.shape == (2, 4, 4)
+
+
+def _two_semantics_outputs():
+  """One clip of one frame, a 2 x 2 grid, N = 2 semantics with P = 2 instances.
+  Semantic 0 covers 3 cells, semantic 1 one cell; instances (0, 0) and (1, 0) are
+  close to their semantic (cos > 0.99), the others orthogonal to it. (0, 0) wins
+  the three cells of semantic 0, (1, 0) the last cell."""
+  semantic_slots = np.array([[1.0, 0.0], [0.0, 1.0]])
+  instance_slots = np.array([[[1.0, 0.1], [0.0, 1.0]], [[0.1, 1.0], [1.0, 0.0]]])
+  object_masks = np.full((2, 2, 4), 0.01)
+  object_masks[0, 0, :3] = 0.9
+  object_masks[1, 0, 3] = 0.9
+  lead = lambda x: np.asarray(x, np.float32)[None, None]  # (C=1, T=1, ...)
+  return {"semantic_masks": lead([[0.9, 0.9, 0.9, 0.1], [0.1, 0.1, 0.1, 0.9]]),
+          "semantic_slots": lead(semantic_slots), "instance_slots": lead(instance_slots),
+          "objects": lead(instance_slots), "object_masks": lead(object_masks)}
+
+
+def test_eq11_candidates_need_a_large_semantic_and_the_score_rule_does_not():
+  outputs = _two_semantics_outputs()
+  eq11 = discovery.Candidates(use_area=True, mask_tau=0.5, tau1=0.3, tau2=0.5)
+  score = discovery.Candidates(use_area=False, mask_tau=0.5, tau1=0.3, tau2=0.5)
+  np.testing.assert_array_equal(eq11.of(outputs)[0, 0], [[True, False], [False, False]])
+  np.testing.assert_array_equal(score.of(outputs)[0, 0], [[True, False], [True, False]])
+  paper, _ = discovery.discover(outputs, 1, (2, 2), (2, 2), eq11, 20)
+  code, _ = discovery.discover(outputs, 1, (2, 2), (2, 2), score, 20)
+  # Semantic 1 covers 1/4 < tau1 of the frame: by eq. 11 its instance is no object.
+  np.testing.assert_array_equal(paper[0], [[1, 1], [1, 0]])
+  np.testing.assert_array_equal(code[0], [[1, 1], [1, 2]])
+
+
+def test_candidate_rule_comes_from_the_config_and_training_thresholds():
+  config = tiny.get_config()
+  rule = discovery.Candidates.from_config(config)
+  l = config.loss
+  assert rule == discovery.Candidates(True, l.valid_mask_tau, l.tau1, l.tau2)  # paper: eq. 11
+  config.model.stages = "instance"  # no semantic masks: eq. 11 without its area, as in training
+  assert not discovery.Candidates.from_config(config).use_area
+  from configs import reference  # pylint: disable=g-import-not-at-top
+  assert not discovery.Candidates.from_config(reference.get_config()).use_area
+  config.eval.candidates = "area"
+  with pytest.raises(ValueError, match="eval.candidates must be one of"):
+    discovery.Candidates.from_config(config)

@@ -1,21 +1,62 @@
 """Unsupervised object discovery at inference (paper Sec. 4.2-4.3).
 
 A video is cut into consecutive clips of T frames (the last one padded with the
-video's last frame). In each clip, instance (n, p) is a candidate when its
-score cos(S_n, O_np) >= eval.instance_score (eq. 11 at inference); its mask is
-the semantic mask times the instance mask. Instances are linked from clip to
-clip by matching their object vectors within each semantic, so a proposal keeps
-its id through the video. Each pixel goes to the (n, p) with the largest mask;
-pixels won by a non-candidate are background.
+video's last frame). In each clip and frame, instance (n, p) is a candidate
+when it is valid by eq. 11 (paper: semantic n covers at least tau1 of the frame
+and cos(S_n, O_np) >= tau2) or, with eval.candidates='score', when its score
+cos(S_n, O_np) >= tau2 alone (the authors' eval_multi.py); its mask is the
+semantic mask times the instance mask. Instances are linked from clip to clip by
+matching their object vectors within each semantic, so a proposal keeps its id
+through the video. Each pixel goes to the (n, p) with the largest mask; pixels
+won by a non-candidate are background.
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from PIL import Image
 
+from smtc_jax import losses
 from smtc_jax.losses import l2_normalize
 from smtc_jax.matching import bipartite_match
+
+CANDIDATE_RULES = ("eq11", "score")  # eval.candidates
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+  """Which instances are proposals: eq. 11 as in training (loss.valid_mask_tau,
+  loss.tau1, loss.tau2), with or without its area criterion."""
+  use_area: bool = True
+  mask_tau: float = 0.5
+  tau1: float = 0.2
+  tau2: float = 0.5
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "Candidates":
+    """eval.candidates: 'eq11' (paper) or 'score' (code). Without semantic
+    masks (model.stages='instance') eq. 11 has no area criterion, as in training."""
+    rule, l = config.eval.candidates, config.loss
+    if rule not in CANDIDATE_RULES:
+      raise ValueError(f"eval.candidates must be one of {CANDIDATE_RULES}, got {rule!r}")
+    return cls(use_area=rule == "eq11" and config.model.stages != "instance",
+               mask_tau=l.valid_mask_tau, tau1=l.tau1, tau2=l.tau2)
+
+  def of(self, outputs) -> np.ndarray:
+    """(..., N, P) bool candidates of model outputs with leading axes (...)."""
+    valid = losses.valid_instances(
+        jnp.asarray(outputs["semantic_masks"]), jnp.asarray(outputs["semantic_slots"]),
+        jnp.asarray(outputs["instance_slots"]), mask_tau=self.mask_tau, tau1=self.tau1,
+        tau2=self.tau2, use_area=self.use_area)
+    return np.asarray(valid) > 0
+
+  def of_semantics(self, semantic_masks) -> np.ndarray:
+    """(..., N) bool: semantics large enough by eq. 11 (SMTC-dagger's proposals)."""
+    return np.asarray(losses.large_semantics(jnp.asarray(semantic_masks),
+                                             mask_tau=self.mask_tau, tau1=self.tau1))
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -52,33 +93,31 @@ def upsampled_argmax(maps, size: tuple[int, int]) -> np.ndarray:
 
 
 def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: tuple[int, int],
-             score_threshold: float, max_proposals: int, first_stage_only: bool = False,
-             area_tau: float = 0.2, mask_tau: float = 0.5):
+             candidates: Candidates, max_proposals: int, first_stage_only: bool = False):
   """Label maps of a video from the model outputs of its clips.
 
   outputs: model outputs with a leading clip axis (C, T, ...). With
   `first_stage_only` (SMTC-dagger, Table 2) the proposals are the semantic masks
-  themselves: semantic n is a candidate in a frame when its mask (probability >
-  mask_tau) covers at least area_tau of it (the first criterion of eq. 11). Returns
+  themselves: semantic n is a candidate in a frame when its binarised mask
+  covers at least tau1 of it (the first criterion of eq. 11). Returns
   (proposals (F, H, W) uint8 with ids 1..K <= max_proposals, semantic (F, H, W)
   uint8 argmax semantic + 1), for all C * T frames (the caller drops the padding).
   """
-  scores = np.einsum("ctnd,ctnpd->ctnp", np.asarray(l2_normalize(outputs["semantic_slots"])),
-                     np.asarray(l2_normalize(outputs["instance_slots"])))
-  c, t, n, p = scores.shape
+  kept = candidates.of(outputs)  # (C, T, N, P)
+  c, t, n, p = kept.shape
   order = link_instances(np.asarray(l2_normalize(jnp.mean(outputs["objects"], axis=1))))
   take = lambda x: np.take_along_axis(x, order[:, None, :, :].reshape(c, 1, n, p, *[1] * (x.ndim - 4)),
                                       axis=3)
-  scores = take(scores)
-  semantic = np.asarray(outputs["semantic_masks"]).reshape(c * t, n, *grid).transpose(0, 2, 3, 1)
+  semantic_masks = np.asarray(outputs["semantic_masks"]).reshape(c * t, n, -1)  # (C*T, N, L)
+  semantic = semantic_masks.reshape(c * t, n, *grid).transpose(0, 2, 3, 1)
   if first_stage_only:
     masks = semantic
-    candidate = (semantic > mask_tau).mean(axis=(1, 2)) >= area_tau  # (C*T, N)
+    candidate = candidates.of_semantics(semantic_masks)  # (C*T, N)
     p = 1
   else:
     masks = take(np.asarray(outputs["object_masks"]))  # (C, T, N, P, L)
     masks = masks.reshape(c * t, n * p, *grid).transpose(0, 2, 3, 1)  # (C*T, h, w, N*P)
-    candidate = (scores >= score_threshold).reshape(c * t, n * p)
+    candidate = take(kept).reshape(c * t, n * p)
   # Upsample one frame at a time: a 480p frame of N*P masks is ~100 MB.
   winner = np.stack([upsampled_argmax(m, image_size) for m in masks])  # (C*T, H, W)
   semantic_map = winner if first_stage_only else np.stack(

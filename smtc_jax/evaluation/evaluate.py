@@ -338,9 +338,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   predictor = Predictor(config)
   methods = {"trained": trained_variables(config, workdir),
              "untrained": untrained_variables(config)}
-  discovery_args = dict(score_threshold=e.instance_score, max_proposals=e.max_proposals,
-                        first_stage_only=e.first_stage_only, area_tau=config.loss.tau1,
-                        mask_tau=config.loss.valid_mask_tau)
+  discovery_args = dict(candidates=discovery.Candidates.from_config(config),
+                        max_proposals=e.max_proposals, first_stage_only=e.first_stage_only)
   out_dir = os.path.join(workdir, EVAL_DIR, e.benchmark)
   scores = {m: Scores(e.pck_thresholds) for m in (*methods, "trivial")}
   for index, name in enumerate(names):
