@@ -212,6 +212,10 @@ def get_eval_config() -> ml_collections.ConfigDict:
   e.max_videos = 0  # 0 = all
   e.max_proposals = 20  # the official unsupervised tool's limit
   # Label propagation (CRW protocol; the code's eval_prop.sh).
+  # The features it compares (models/smtc.py FEATURES): the encoder's output tokens
+  # F_t (eq. 1; paper), or the last block's output before the final LayerNorm
+  # (code: eval_prop.py calls model.encoder, whose forward skips its norm).
+  e.prop_features = "tokens"  # tokens | prenorm_tokens | last_keys
   e.prop_video_len = 20
   e.prop_radius = 7.0  # in feature cells
   e.prop_topk = 7

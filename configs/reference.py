@@ -50,4 +50,7 @@ def get_config():
   # Their inference (eval_multi.py): proposals by the score cos(S_n, O_np) >= 0.5
   # alone, without eq. 11's area criterion.
   config.eval.candidates = "score"
+  # eval_prop.py propagates with the last block's output tokens, before the final
+  # LayerNorm (not the keys that feed their slot attention).
+  config.eval.prop_features = "prenorm_tokens"
   return config

@@ -8,6 +8,7 @@ import pytest
 
 from configs import tiny
 from smtc_jax.evaluation import evaluate, parts, pose, readers
+from smtc_jax.models import smtc
 from tests import benchmark_layouts as layouts
 
 
@@ -289,6 +290,29 @@ def test_propagation_size_is_a_stride_multiple_and_can_be_scaled_down():
   config.eval.prop_short_side = 240
   size = evaluate.Predictor(config).feature_size((1080, 1920))
   assert size[0] == 240 // stride * stride and size[1] == 427 // stride * stride
+
+
+def test_propagation_reads_the_features_eval_prop_features_names():
+  from configs import reference  # pylint: disable=g-import-not-at-top
+  config = reference.get_config()
+  config.model.vit = tiny.get_config().model.vit
+  config.model.num_semantics, config.model.num_instances = 4, 3
+  config.data.resolution = (32, 32)
+  predictor = evaluate.Predictor(config)
+  variables = evaluate.untrained_variables(config)
+  frames = np.random.default_rng(0).integers(0, 255, (2, 32, 48, 3), dtype=np.uint8)
+  encoder = smtc.build_encoder(config)
+  images = smtc.normalize(frames, config)
+  out = encoder.apply({"params": variables["params"]["encoder"]}, images)
+  feats = predictor.features(variables, frames)  # the code's choice, eval_prop.py
+  np.testing.assert_allclose(feats, out["prenorm_tokens"], rtol=1e-5, atol=1e-5)
+  assert np.abs(np.asarray(out["prenorm_tokens"]) - np.asarray(out["keys"])).max() > 1e-3
+  config.eval.prop_features = "tokens"
+  np.testing.assert_allclose(evaluate.Predictor(config).features(variables, frames),
+                             out["tokens"], rtol=1e-5, atol=1e-5)
+  config.model.encoder, config.eval.prop_features = "resnet", "prenorm_tokens"
+  with pytest.raises(ValueError, match="eval.prop_features='prenorm_tokens' needs the ViT"):
+    evaluate.Predictor(config)
 
 
 def test_multi_object_discovery_needs_the_unsupervised_annotations(data):

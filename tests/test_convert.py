@@ -65,6 +65,8 @@ def test_dino_vit_matches_timm(height, width):
   captured = {}
   reference.blocks[-1].attn.qkv.register_forward_hook(
       lambda module, inputs, output: captured.update(qkv=output))
+  reference.blocks[-1].register_forward_hook(  # the last block's output, before the norm
+      lambda module, inputs, output: captured.update(prenorm=output))
   images = np.random.default_rng(0).normal(size=(2, height, width, 3)).astype(np.float32)
   with torch.no_grad():
     tokens = reference.forward_features(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
@@ -72,7 +74,9 @@ def test_dino_vit_matches_timm(height, width):
   out = jax.jit(model.apply)(variables, jnp.asarray(images))
   errors = {"tokens": _rel_err(out["tokens"], tokens[:, 1:].reshape(2, h, w, 384)),
             "cls": _rel_err(out["cls"], tokens[:, 0]),
-            "keys": _rel_err(out["keys"], keys.reshape(2, h, w, 384))}
+            "keys": _rel_err(out["keys"], keys.reshape(2, h, w, 384)),
+            "prenorm_tokens": _rel_err(out["prenorm_tokens"],
+                                       captured["prenorm"].numpy()[:, 1:].reshape(2, h, w, 384))}
   print(f"ViT-S/16 {height}x{width} relative errors vs timm: {errors}")
   assert max(errors.values()) < 1e-4
 

@@ -27,6 +27,12 @@ def test_vit_returns_tokens_keys_and_cls_on_a_non_square_grid():
   out = model.apply(variables, images)
   assert out["tokens"].shape == (2, 3, 5, 16)
   assert out["keys"].shape == (2, 3, 5, 16)
+  assert out["prenorm_tokens"].shape == (2, 3, 5, 16)
+  # The final LayerNorm turns the last block's output into the output tokens.
+  norm = variables["params"]["norm"]
+  x = out["prenorm_tokens"]
+  normed = (x - x.mean(-1, keepdims=True)) / jnp.sqrt(x.var(-1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(normed * norm["scale"] + norm["bias"], out["tokens"], atol=1e-5)
   assert out["cls"].shape == (2, 16)
   assert all(np.isfinite(np.asarray(x)).all() for x in out.values())
 

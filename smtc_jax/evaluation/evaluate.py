@@ -58,8 +58,10 @@ class Predictor:
     rngs = smtc.model_rngs(jax.random.PRNGKey(config.seed))
     self._apply = jax.jit(lambda variables, clip: self.model.apply(
         variables, smtc.normalize(clip, config), rngs=rngs))
+    features = config.eval.prop_features
+    smtc.check_features(features, self.model.encoder, "eval.prop_features")
     self._encode = jax.jit(lambda variables, clip: self.model.apply(
-        variables, smtc.normalize(clip, config), method=smtc.SMTC.encode))
+        variables, smtc.normalize(clip, config), features=features, method=smtc.SMTC.encode))
 
   def clips(self, variables, frames):
     small = discovery.resize_frames(frames, self.size)
@@ -77,7 +79,8 @@ class Predictor:
     return tuple(max(stride, int(round(s * scale)) // stride * stride) for s in image_size)
 
   def features(self, variables, frames):
-    """(F, h, w, D) encoder features of every frame at the propagation size."""
+    """(F, h, w, D) encoder features (eval.prop_features) of every frame at the
+    propagation size."""
     small = discovery.resize_frames(frames, self.feature_size(frames.shape[1:3]))
     return jnp.stack([self._encode(variables, jnp.asarray(f[None, None]))[0, 0] for f in small])
 

@@ -30,6 +30,10 @@ from smtc_jax.models.vit import VisionTransformer
 RNG_INSTANCE = "instance"  # rng stream for the Gaussian samples of stage 2
 RNG_PARTNER = "partner"  # rng stream for the random partner frame j != t
 RNG_DROP_PATH = vit.RNG_DROP_PATH  # rng stream of the encoder's stochastic depth
+# Encoder features by name (model.features, eval.prop_features) -> encoder output:
+# output tokens F_t (paper), the last block's keys (code's slot-attention input),
+# the last block's output before the final LayerNorm (code's label propagation).
+FEATURES = {"tokens": "tokens", "last_keys": "keys", "prenorm_tokens": "prenorm_tokens"}
 
 
 def partner_indices(rng, batch: int, num_frames: int, mode: str):
@@ -43,6 +47,15 @@ def partner_indices(rng, batch: int, num_frames: int, mode: str):
     offset = jax.random.randint(rng, (batch, num_frames), 1, num_frames)
     return (t[None] + offset) % num_frames
   raise ValueError(f"model.corr_partner must be 'random' or 'previous', got {mode!r}")
+
+
+def check_features(name: str, encoder: nn.Module, field: str) -> str:
+  """The encoder output key of features `name`, or a ValueError naming `field`."""
+  if name not in FEATURES:
+    raise ValueError(f"{field} must be one of {sorted(FEATURES)}, got {name!r}")
+  if name != "tokens" and not isinstance(encoder, VisionTransformer):
+    raise ValueError(f"{field}={name!r} needs the ViT encoder (model.encoder='vit')")
+  return FEATURES[name]
 
 
 def resize_grid(feats, grid):
@@ -77,19 +90,13 @@ class SMTC(nn.Module):
   object_head_ratio: int = 2
   dtype: Any = jnp.float32
 
-  def encode(self, clip, train: bool = False):
-    """Encoder features (B, T, h, w, D) of every frame of the clip; `train`
-    turns on the encoder's stochastic depth."""
+  def encode(self, clip, train: bool = False, features: str | None = None):
+    """Encoder features (B, T, h, w, D) of every frame of the clip: those named
+    by `features` (a FEATURES key; default model.features, what slot attention
+    reads); `train` turns on the encoder's stochastic depth."""
     b, t, height, width, c = clip.shape
     out = self.encoder(clip.reshape(b * t, height, width, c), train=train)
-    if self.features == "tokens":
-      feats = out["tokens"]
-    elif self.features == "last_keys":
-      if "keys" not in out:
-        raise ValueError("model.features='last_keys' needs the ViT encoder")
-      feats = out["keys"]
-    else:
-      raise ValueError(f"model.features must be 'tokens' or 'last_keys', got {self.features!r}")
+    feats = out[check_features(features or self.features, self.encoder, "model.features")]
     return feats.reshape(b, t, *feats.shape[1:])
 
   def correlation_head(self, tokens, feats, partner):

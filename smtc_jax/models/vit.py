@@ -178,7 +178,9 @@ class Block(nn.Module):
 
 class VisionTransformer(nn.Module):
   """DINO-layout ViT. Input (B, H, W, 3) normalised images, H and W multiples of
-  the patch size. Returns {'tokens', 'keys': (B, h, w, D), 'cls': (B, D)}.
+  the patch size. Returns {'tokens', 'keys', 'prenorm_tokens': (B, h, w, D),
+  'cls': (B, D)}: the output tokens (after the final LayerNorm), the last
+  block's keys (heads concatenated) and output tokens before the final LayerNorm.
   With `train`, block i drops its residual branches with probability
   drop_path_rate * i / (depth - 1) (DINO's stochastic depth decay rule; rng
   stream 'drop_path')."""
@@ -218,9 +220,11 @@ class VisionTransformer(nn.Module):
     for i in range(self.depth):
       x, keys = block_cls(self.num_heads, self.mlp_ratio, self.qkv_bias, self.layer_norm_eps,
                           float(rates[i]), not train, self.dtype, name=f"blocks_{i}")(x)
+    prenorm = x
     x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
     return {
         "tokens": x[:, 1:].reshape(b, h, w, self.dim),
         "keys": keys[:, 1:].reshape(b, h, w, self.dim),
+        "prenorm_tokens": prenorm[:, 1:].reshape(b, h, w, self.dim),
         "cls": x[:, 0],
     }
