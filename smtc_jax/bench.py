@@ -210,22 +210,19 @@ def bench_data(config) -> dict:
 def bench_propagate(config) -> dict:
   """Label propagation (and object discovery) on a random 480p-sized video with
   the configured model at initialisation: frames/s and peak memory."""
-  from smtc_jax.evaluation import discovery, evaluate  # pylint: disable=g-import-not-at-top
-  e = config.eval
+  from smtc_jax.evaluation import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   frames = rng.integers(0, 256, (FLAGS.frames, 480, 854, 3), dtype=np.uint8)
   labels = np.zeros((FLAGS.frames, 480, 854), np.uint8)
   labels[:, 100:300, 200:500] = 1
   labels[:, 250:400, 550:800] = 2
-  predictor = evaluate.Predictor(config)
-  variables = evaluate.untrained_variables(config)
+  predictor = predictor_lib.Predictor(config)
+  variables, _ = predictor_lib.untrained_variables(config)
   start = time.perf_counter()
-  evaluate.propagate_masks(predictor, variables, frames, labels[0], 3, e)
+  predictor_lib.propagate_masks(predictor, variables, frames, labels[0], 3)
   propagate_s = time.perf_counter() - start
   start = time.perf_counter()
-  outputs = predictor.clips(variables, frames)
-  discovery.discover(outputs, config.data.num_frames, frames.shape[1:3],
-                     predictor.grid, discovery.Candidates.from_config(config), e.max_proposals)
+  predictor.proposals(variables, frames)
   discover_s = time.perf_counter() - start
   memory, memory_kind = peak_memory_bytes()
   return {"bench": "propagate", "frames": FLAGS.frames, "size": "854x480",

@@ -1,5 +1,5 @@
 """Orbax checkpoints: the train state and the grain iterator together, resume
-from the latest, params-only export for evaluation, and init from a params
+from the latest, the weights alone (export, evaluation), and init from a params
 checkpoint (an export, or a converted PyTorch model)."""
 
 import os
@@ -78,13 +78,49 @@ def _position_iterator(data_iter, step: int, missing: str) -> None:
   data_iter.set_state({"next_index": step})
 
 
-def export_params(state, directory: str) -> str:
-  """Write {'params': student, 'ema_params': teacher} as an Orbax checkpoint.
-  Refuses to overwrite an existing export."""
-  tree = {"params": state.params, "ema_params": state.ema_params}
+def weights_of(state) -> dict:
+  """What an export holds: 'params' (student), 'ema_params' (teacher),
+  'batch_stats' (if any) and 'step'."""
+  tree = {"params": state.params, "ema_params": state.ema_params, "step": np.asarray(state.step)}
   if state.batch_stats:
     tree["batch_stats"] = state.batch_stats
-  return export_params_tree(tree, directory)
+  return tree
+
+
+def export_params(state, directory: str) -> str:
+  """Write weights_of(state) as an Orbax checkpoint; never over an existing one."""
+  return export_params_tree(weights_of(state), directory)
+
+
+def latest_step(workdir: str) -> int | None:
+  """The step of the workdir's latest checkpoint, None without one."""
+  directory = _resolve(os.path.join(workdir, CHECKPOINT_DIR))
+  if not is_remote(directory) and not os.path.isdir(directory):
+    return None
+  manager = ocp.CheckpointManager(directory)
+  step = manager.latest_step()
+  manager.close()
+  return step
+
+
+def latest_weights(workdir: str, abstract_variables) -> dict | None:
+  """The weights_of() tree of the workdir's latest checkpoint as numpy arrays,
+  None without one. Only those leaves are read (Orbax partial restore): no
+  optimizer state, data iterator or init.checkpoint. abstract_variables: the
+  model's variables as shapes ({'params'} and 'batch_stats' if any)."""
+  step = latest_step(workdir)
+  if step is None:
+    return None
+  target = {"params": abstract_variables["params"], "ema_params": abstract_variables["params"],
+            "step": jax.ShapeDtypeStruct((), np.int32)}
+  if abstract_variables.get("batch_stats"):
+    target["batch_stats"] = abstract_variables["batch_stats"]
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+  manager = ocp.CheckpointManager(_resolve(os.path.join(workdir, CHECKPOINT_DIR)))
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=target, restore_args=restore_args, partial_restore=True)))
+  manager.close()
+  return restored["state"]
 
 
 def export_params_tree(tree, directory: str) -> str:

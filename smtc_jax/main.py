@@ -29,11 +29,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run_export(config, workdir: str, export_dir: str | None) -> None:
-  """Params-only export (student and teacher) of the latest checkpoint."""
-  from smtc_jax import checkpoint, train  # pylint: disable=g-import-not-at-top
-  state = train.latest_state(config, workdir)
-  out = checkpoint.export_params(state, export_dir or os.path.join(workdir, checkpoint.EXPORT_DIR))
-  print(f"exported step {int(state.step)} to {out}")
+  """Weights-only export (student, teacher, step) of the latest checkpoint."""
+  from smtc_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from smtc_jax.models import smtc  # pylint: disable=g-import-not-at-top
+  abstract = smtc.abstract_variables(config, smtc.build_model(config))
+  weights = checkpoint.latest_weights(workdir, abstract)
+  if weights is None:
+    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}")
+  out = checkpoint.export_params_tree(weights, export_dir or
+                                      os.path.join(workdir, checkpoint.EXPORT_DIR))
+  print(f"exported step {int(weights['step'])} to {out}")
 
 
 def parse_flags(argv):

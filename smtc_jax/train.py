@@ -207,16 +207,6 @@ def build(config, mesh):
   return model, optimizer, state, state_sharding
 
 
-def latest_state(config, workdir: str) -> TrainState:
-  """The train state of the workdir's latest checkpoint (for export and eval)."""
-  _, _, state, _ = build(config, sharding.make_mesh())
-  manager = checkpoint.make_manager(workdir, config)
-  if manager.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}")
-  state, _ = checkpoint.restore_latest(manager, state)
-  return state
-
-
 class MetricWriter:
   """TensorBoard scalars and a metrics.jsonl file, from process 0 only."""
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from smtc_jax.evaluation import evaluate, parts, pose, readers
+from smtc_jax.evaluation import evaluate, parts, pose, predictor as predictor_lib, readers, scores
 from smtc_jax.models import smtc
 from tests import benchmark_layouts as layouts
 
@@ -202,8 +202,8 @@ def test_confusion_rejects_labels_out_of_range():
 class OraclePredictor:
   """Predictor stand-in whose 'features' are one-hot instance labels on the grid."""
 
-  def __init__(self, labels, stride):
-    self.config = tiny.get_config()
+  def __init__(self, config, labels, stride):
+    self.config = config
     self.labels, self.stride = labels, stride
 
   def feature_size(self, size):
@@ -220,17 +220,18 @@ class OraclePredictor:
 def _oracle_config():
   config = tiny.get_config()
   config.eval.prop_radius, config.eval.prop_temperature = 3.0, 0.05
-  return config.eval
+  return config
 
 
 def test_vip_with_instance_oracle_features(tmp_path, data):
-  e = _oracle_config()
+  config = _oracle_config()
+  e = config.eval
   tasks = evaluate.tasks_of("vip")
-  oracle, trivial = evaluate.Scores(e.pck_thresholds), evaluate.Scores(e.pck_thresholds)
+  oracle, trivial = scores.Scores(e.pck_thresholds), scores.Scores(e.pck_thresholds)
   for i, name in enumerate(layouts.write_vip(str(tmp_path), data)):
     video = readers.vip_load(str(tmp_path), "val", name)
-    values, _ = evaluate.evaluate_method(OraclePredictor(data[i][1], stride=4), None, video,
-                                         tasks, e, {})
+    values, _ = evaluate.evaluate_method(OraclePredictor(config, data[i][1], stride=4), None,
+                                         video, tasks)
     oracle.add(name, values)
     trivial.add(name, evaluate.evaluate_trivial(video, tasks, e))
   # The oracle loses only at boundaries (8 x 8 grid for 32 x 32 frames).
@@ -243,8 +244,8 @@ class MotionOracle:
   moving one cell right every other frame and wrapping around, so every cell's
   content is in frame 0 (an unmatched cell would take the mean of arbitrary ties)."""
 
-  def __init__(self, grid):
-    self.config = tiny.get_config()
+  def __init__(self, config, grid):
+    self.config = config
     self.grid = grid
 
   def feature_size(self, size):
@@ -268,12 +269,13 @@ def test_jhmdb_pck_with_motion_oracle_features(tmp_path):
   keypoints = np.stack([(cells + [t // 2, 0]) * 4 + 1.5 for t in range(8)])  # (F, 3, 2)
   data = [(frames, None), (frames, None)]
   names, _ = layouts.write_jhmdb(str(tmp_path), data, keypoints=[keypoints, keypoints])
-  e = _oracle_config()
+  config = _oracle_config()
+  e = config.eval
   e.prop_radius = 10.0  # wrapped content is found across the grid
   tasks = evaluate.tasks_of("jhmdb")
-  oracle, trivial = evaluate.Scores(e.pck_thresholds), evaluate.Scores(e.pck_thresholds)
+  oracle, trivial = scores.Scores(e.pck_thresholds), scores.Scores(e.pck_thresholds)
   video = readers.jhmdb_load(str(tmp_path), "val", names[0])
-  values, _ = evaluate.evaluate_method(MotionOracle((8, 8)), None, video, tasks, e, {})
+  values, _ = evaluate.evaluate_method(MotionOracle(config, (8, 8)), None, video, tasks)
   oracle.add(names[0], values)
   trivial.add(names[0], evaluate.evaluate_trivial(video, tasks, e))
   assert oracle.summary()["pck@0.1"] == 1.0
@@ -284,11 +286,11 @@ def test_jhmdb_pck_with_motion_oracle_features(tmp_path):
 
 def test_propagation_size_is_a_stride_multiple_and_can_be_scaled_down():
   config = tiny.get_config()
-  predictor = evaluate.Predictor(config)
+  predictor = predictor_lib.Predictor(config)
   stride = config.model.vit.patch_size
   assert predictor.feature_size((480, 854)) == (480 // stride * stride, 854 // stride * stride)
   config.eval.prop_short_side = 240
-  size = evaluate.Predictor(config).feature_size((1080, 1920))
+  size = predictor_lib.Predictor(config).feature_size((1080, 1920))
   assert size[0] == 240 // stride * stride and size[1] == 427 // stride * stride
 
 
@@ -298,8 +300,8 @@ def test_propagation_reads_the_features_eval_prop_features_names():
   config.model.vit = tiny.get_config().model.vit
   config.model.num_semantics, config.model.num_instances = 4, 3
   config.data.resolution = (32, 32)
-  predictor = evaluate.Predictor(config)
-  variables = evaluate.untrained_variables(config)
+  predictor = predictor_lib.Predictor(config)
+  variables, _ = predictor_lib.untrained_variables(config)
   frames = np.random.default_rng(0).integers(0, 255, (2, 32, 48, 3), dtype=np.uint8)
   encoder = smtc.build_encoder(config)
   images = smtc.normalize(frames, config)
@@ -308,16 +310,16 @@ def test_propagation_reads_the_features_eval_prop_features_names():
   np.testing.assert_allclose(feats, out["prenorm_tokens"], rtol=1e-5, atol=1e-5)
   assert np.abs(np.asarray(out["prenorm_tokens"]) - np.asarray(out["keys"])).max() > 1e-3
   config.eval.prop_features = "tokens"
-  np.testing.assert_allclose(evaluate.Predictor(config).features(variables, frames),
+  np.testing.assert_allclose(predictor_lib.Predictor(config).features(variables, frames),
                              out["tokens"], rtol=1e-5, atol=1e-5)
   config.model.encoder, config.eval.prop_features = "resnet", "prenorm_tokens"
   with pytest.raises(ValueError, match="eval.prop_features='prenorm_tokens' needs the ViT"):
-    evaluate.Predictor(config)
+    predictor_lib.Predictor(config)
 
 
 def test_multi_object_discovery_needs_the_unsupervised_annotations(data):
   frames, labels = data[0]
   video = readers.Video("bear", frames, np.ones(len(frames), bool), labels)
   with pytest.raises(FileNotFoundError, match="bear has no Annotations_unsupervised"):
-    evaluate.score_discovery(video, labels, ("iou", "jf_discovery"), "video")
-  assert evaluate.score_discovery(video, labels, ("iou",), "video")["iou"] == 1.0
+    scores.score_discovery(video, labels, ("iou", "jf_discovery"), "video")
+  assert scores.score_discovery(video, labels, ("iou",), "video")["iou"] == 1.0

@@ -3,9 +3,14 @@ import os
 import numpy as np
 import pytest
 
+import jax
+import optax
+import orbax.checkpoint as ocp
+
 from configs import tiny
-from smtc_jax import train
-from smtc_jax.evaluation import davis, discovery, evaluate
+from smtc_jax import checkpoint, sharding, train
+from smtc_jax.evaluation import davis, discovery, evaluate, predictor, readers
+from smtc_jax.models import smtc
 from tests import benchmark_layouts as layouts
 
 
@@ -48,8 +53,12 @@ def test_eval_mode_reports_the_model_and_both_baselines(tmp_path, capsys):
       assert 0.0 <= value <= 1.0
   out = capsys.readouterr().out
   assert "official once-per-video" in out and "trivial" in out
+  assert "params of checkpoint (step 2" in out
   out = tmp_path / "eval" / "synthetic"
   assert os.path.exists(out / "results.csv") and os.path.exists(out / "per_video.csv")
+  with open(out / "results.csv") as f:  # what was evaluated, by method
+    rows = {line.split(",")[0]: line.split(",")[1:3] for line in f.read().splitlines()[1:]}
+  assert rows == {"trained": ["checkpoint", "2"], "untrained": ["init", "0"], "trivial": ["", ""]}
   assert os.path.exists(out / "overlays" / "val000.png")
   assert len(os.listdir(out / "discovery" / "val000")) == 10
   # The written propagation masks, scored by the folder scorer as a user would score
@@ -146,3 +155,81 @@ def test_candidate_rule_comes_from_the_config_and_training_thresholds():
   config.eval.candidates = "area"
   with pytest.raises(ValueError, match="eval.candidates must be one of"):
     discovery.Candidates.from_config(config)
+
+
+def _saved_state(config, workdir, step, shift):
+  """A train state at `step` with slot_attention.mu shifted by `shift`, saved as
+  the workdir's checkpoint (without a data iterator: evaluation reads none)."""
+  state, _ = train.create_state(config, smtc.build_model(config),
+                                train.make_optimizer(config), sharding.make_mesh())
+  params = {**state.params, "slot_attention": {**state.params["slot_attention"],
+                                               "mu": state.params["slot_attention"]["mu"] + shift}}
+  state = state.replace(step=jax.numpy.asarray(step, jax.numpy.int32), params=params)
+  manager = checkpoint.make_manager(str(workdir), config)
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return state
+
+
+def test_eval_reads_the_newest_weights_alone(tmp_path, monkeypatch):
+  config = tiny.get_config()
+  config.train.async_checkpoints = False
+  newer = _saved_state(config, tmp_path, step=5, shift=1.0)
+  older = _saved_state(config, tmp_path / "other", step=3, shift=2.0)
+  newest = _saved_state(config, tmp_path / "third", step=7, shift=3.0)
+  checkpoint.export_params(older, str(tmp_path / "export"))
+  mu = lambda variables: np.asarray(variables["params"]["slot_attention"]["mu"])
+  # From here on, evaluation must build no optimizer and read no init.checkpoint.
+  monkeypatch.setattr(optax, "scale_by_adam", lambda *a, **k: 1 / 0)
+  config.init.checkpoint = str(tmp_path / "no_such_checkpoint")
+  variables, weights = predictor.trained_variables(config, str(tmp_path))
+  assert (weights.source, weights.step) == ("checkpoint", 5)  # newer than the export's 3
+  np.testing.assert_array_equal(mu(variables), newer.params["slot_attention"]["mu"])
+  os.rename(tmp_path / "export", tmp_path / "old_export")
+  checkpoint.export_params(newest, str(tmp_path / "export"))
+  variables, weights = predictor.trained_variables(config, str(tmp_path))
+  assert (weights.source, weights.step) == ("export", 7)
+  np.testing.assert_array_equal(mu(variables), newest.params["slot_attention"]["mu"])
+  config.eval.params = "ema_params"  # the teacher: never shifted
+  variables, _ = predictor.trained_variables(config, str(tmp_path))
+  np.testing.assert_allclose(mu(variables) + 3.0, newest.params["slot_attention"]["mu"], rtol=1e-6)
+  # An export without a step (converted from PyTorch) is older than any checkpoint ...
+  os.rename(tmp_path / "export", tmp_path / "newest_export")
+  converted = {"params": newest.params, "ema_params": newest.params}
+  checkpoint.export_params_tree(converted, str(tmp_path / "export"))
+  assert predictor.trained_variables(config, str(tmp_path))[1].source == "checkpoint"
+  # ... and evaluated where it is alone.
+  checkpoint.export_params_tree(converted, str(tmp_path / "converted" / "export"))
+  assert predictor.trained_variables(config, str(tmp_path / "converted"))[1] == predictor.Weights(
+      "export", None, str(tmp_path / "converted" / "export"))
+  with pytest.raises(FileNotFoundError, match="neither checkpoints"):
+    predictor.trained_variables(config, str(tmp_path / "nothing"))
+
+
+class _ProposalOracle:
+  """Predictor stand-in whose proposals are a function of the video's truth."""
+
+  def __init__(self, propose):
+    self.config = tiny.get_config()
+    self.propose = propose
+
+  def proposals(self, variables, frames):
+    del variables
+    return self.propose(frames), np.zeros(frames.shape[:3], np.uint8)
+
+
+def test_discovery_scores_of_loaded_videos_for_a_training_loop():
+  data = layouts.videos(count=2, frames=6, size=32)
+  videos = [readers.Video(f"v{i}", f, np.ones(len(f), bool), labels, labels)
+            for i, (f, labels) in enumerate(data)]
+  truth = {id(v.frames): v.unsupervised_labels for v in videos}
+  # Proposals numbered in another order than the objects: matched, so perfect.
+  swapped = _ProposalOracle(lambda frames: np.where(truth[id(frames)] > 0,
+                                                    10 - truth[id(frames)], 0).astype(np.uint8))
+  assert evaluate.discovery_scores(swapped, None, videos) == {"iou": 1.0, "jf_discovery": 1.0}
+  whole = _ProposalOracle(lambda frames: np.ones(frames.shape[:3], np.uint8))
+  scores = evaluate.discovery_scores(whole, None, videos, tasks=("iou",))
+  expected = np.mean([np.mean([(v.unsupervised_labels[t] > 0).mean() for t in range(6)])
+                      for v in videos])
+  assert scores == {"iou": pytest.approx(expected)}

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from configs import tiny
-from smtc_jax import sharding, train
+from smtc_jax import checkpoint, sharding, train
 from smtc_jax.models import smtc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -243,6 +243,7 @@ def test_resume_after_sigkill_continues_with_the_same_losses(tmp_path):
   export = _main(killed_dir, f"--config.data.path={data}", "--mode=export")
   assert export.returncode == 0, export.stderr[-3000:]
   assert os.path.isdir(killed_dir / "export")
+  assert int(checkpoint.load_params(str(killed_dir / "export"))["step"]) == 12
   again = _main(killed_dir, f"--config.data.path={data}", "--mode=export")
   assert again.returncode != 0 and "exists" in again.stderr
 

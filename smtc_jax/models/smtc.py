@@ -234,3 +234,8 @@ def init_variables(config: ml_collections.ConfigDict, model: SMTC, rng):
   clip = jnp.zeros((1, d.num_frames, *d.resolution, 3), jnp.float32)
   params_rng, init_rng, state_rng = jax.random.split(rng, 3)
   return model.init({"params": params_rng, **model_rngs(init_rng)}, clip), state_rng
+
+
+def abstract_variables(config: ml_collections.ConfigDict, model: SMTC):
+  """The shapes and dtypes of init_variables' variables, computing nothing."""
+  return jax.eval_shape(lambda: init_variables(config, model, jax.random.PRNGKey(0))[0])

@@ -1,0 +1,164 @@
+"""The evaluated model: its weights (the workdir's newest, read alone) and its
+forward passes (clips -> proposals, frames -> features -> propagated labels).
+
+Weights are read without building an optimizer or reading init.checkpoint:
+the latest checkpoint's params, EMA params and BatchNorm statistics (an Orbax
+partial restore), or WORKDIR/export, whichever holds the later training step.
+"""
+
+import dataclasses
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from smtc_jax import checkpoint
+from smtc_jax.evaluation import discovery, pose, propagation
+from smtc_jax.models import smtc
+
+EVALUATED_PARAMS = ("params", "ema_params")  # eval.params: student | teacher
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+  """Where evaluated weights come from: 'checkpoint', 'export' or 'init' (the
+  untrained model); the training step (None: unknown, e.g. converted from
+  PyTorch); the folder (empty for 'init')."""
+  source: str
+  step: int | None
+  path: str = ""
+
+  def describe(self) -> str:
+    step = "step unknown" if self.step is None else f"step {self.step}"
+    return f"{self.source} ({step}{', ' + self.path if self.path else ''})"
+
+
+def _export_step(tree) -> int | None:
+  return int(tree["step"]) if "step" in tree else None
+
+
+def trained_variables(config: ml_collections.ConfigDict, workdir: str):
+  """(variables, Weights) of the workdir's newest trained weights: the latest
+  checkpoint or WORKDIR/export, whichever has the later step (the export on a
+  tie: the same weights). An export without a step (converted from PyTorch)
+  counts as older than any checkpoint. eval.params picks student or teacher."""
+  if config.eval.params not in EVALUATED_PARAMS:
+    raise ValueError(f"eval.params must be one of {EVALUATED_PARAMS}, got {config.eval.params!r}")
+  export_dir = os.path.join(workdir, checkpoint.EXPORT_DIR)
+  export = checkpoint.load_params(export_dir) if os.path.isdir(export_dir) else None
+  export_step = None if export is None else _export_step(export)
+  checkpoint_step = checkpoint.latest_step(workdir)
+  if export is not None and (checkpoint_step is None or
+                             (export_step is not None and export_step >= checkpoint_step)):
+    tree, weights = export, Weights("export", export_step, export_dir)
+  elif checkpoint_step is not None:
+    model = smtc.build_model(config)
+    tree = checkpoint.latest_weights(workdir, smtc.abstract_variables(config, model))
+    weights = Weights("checkpoint", int(tree["step"]),
+                      os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(checkpoint_step)))
+    if export is not None:
+      logging.warning("%s holds step %s, older than checkpoint step %d: evaluating the checkpoint",
+                      export_dir, export_step, checkpoint_step)
+  else:
+    raise FileNotFoundError(f"{workdir} has neither checkpoints ({checkpoint.CHECKPOINT_DIR}/) "
+                            f"nor an export ({checkpoint.EXPORT_DIR}/) to evaluate")
+  if config.eval.params not in tree:
+    raise ValueError(f"{weights.path} holds no {config.eval.params!r} (it has {sorted(tree)})")
+  variables = smtc.model_variables(tree[config.eval.params], tree.get("batch_stats", {}))
+  return variables, weights
+
+
+def untrained_variables(config: ml_collections.ConfigDict):
+  """(variables, Weights) of the model at random initialisation (same seed as
+  training; a run with init.checkpoint starts from those weights instead)."""
+  variables, _ = smtc.init_variables(config, smtc.build_model(config),
+                                     jax.random.PRNGKey(config.seed))
+  return variables, Weights("init", 0)
+
+
+class Predictor:
+  """Model forward for evaluation: clips -> outputs and proposals, frames ->
+  encoder features (eval.prop_features)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.model = smtc.build_model(config)
+    self.size = tuple(config.data.resolution)
+    self.grid = tuple(r // smtc.encoder_stride(config) for r in self.size)
+    self.candidates = discovery.Candidates.from_config(config)
+    features = config.eval.prop_features
+    smtc.check_features(features, self.model.encoder, "eval.prop_features")
+    rngs = smtc.model_rngs(jax.random.PRNGKey(config.seed))
+    self._apply = jax.jit(lambda variables, clip: self.model.apply(
+        variables, smtc.normalize(clip, config), rngs=rngs))
+    self._encode = jax.jit(lambda variables, clip: self.model.apply(
+        variables, smtc.normalize(clip, config), features=features, method=smtc.SMTC.encode))
+
+  def clips(self, variables, frames):
+    """Model outputs of the video's consecutive clips at the training size,
+    with a leading clip axis (C, T, ...)."""
+    small = discovery.resize_frames(frames, self.size)
+    clips = discovery.clips_of(small, self.config.data.num_frames)
+    outs = [self._apply(variables, jnp.asarray(c[None])) for c in clips]
+    return jax.tree.map(lambda *x: np.concatenate([np.asarray(v) for v in x]), *outs)
+
+  def proposals(self, variables, frames):
+    """(proposals, semantic): (F, H, W) uint8 label maps of a (F, H, W, 3) video."""
+    e = self.config.eval
+    proposals, semantic = discovery.discover(
+        self.clips(variables, frames), self.config.data.num_frames, frames.shape[1:3],
+        self.grid, self.candidates, e.max_proposals, e.first_stage_only)
+    count = frames.shape[0]
+    return proposals[:count], semantic[:count]
+
+  def feature_size(self, image_size):
+    """Frames for label propagation keep their resolution (or are scaled so their
+    short side is eval.prop_short_side), cut down to multiples of the encoder
+    stride (the CRW protocol)."""
+    stride = smtc.encoder_stride(self.config)
+    short = self.config.eval.prop_short_side
+    scale = short / min(image_size) if short else 1.0
+    return tuple(max(stride, int(round(s * scale)) // stride * stride) for s in image_size)
+
+  def features(self, variables, frames):
+    """(F, h, w, D) encoder features (eval.prop_features) of every frame at the
+    propagation size."""
+    small = discovery.resize_frames(frames, self.feature_size(frames.shape[1:3]))
+    return jnp.stack([self._encode(variables, jnp.asarray(f[None, None]))[0, 0] for f in small])
+
+
+def propagate_maps(predictor, variables, frames, first_maps):
+  """(F, h, w, C) label maps propagated through the video's features from frame
+  0's maps, `first_maps(grid) -> (h, w, C)`."""
+  e = predictor.config.eval
+  feats = predictor.features(variables, frames)
+  return propagation.propagate_video(feats, first_maps(feats.shape[1:3]),
+                                     video_len=e.prop_video_len, radius=e.prop_radius,
+                                     topk=e.prop_topk, temperature=e.prop_temperature)
+
+
+def propagate_masks(predictor, variables, frames, first_labels, num_labels: int):
+  """(F, H, W) uint8 labels propagated from frame 0's (H, W) labels (void = none)."""
+  size = predictor.feature_size(frames.shape[1:3])
+  first = lambda grid: propagation.one_hot_on_grid(_resize_labels(first_labels, size),
+                                                   num_labels, grid)
+  out = propagate_maps(predictor, variables, frames, first)
+  return propagation.upsample_labels(out, frames.shape[1:3])
+
+
+def propagate_keypoints(predictor, variables, frames, first_keypoints):
+  """((F, J, 2) pixel (x, y), (F, J) visible) from frame 0's (J, 2) keypoints."""
+  e = predictor.config.eval
+  image = frames.shape[1:3]
+  first = lambda grid: pose.keypoint_maps(first_keypoints, image, grid, e.pose_sigma)
+  out = np.asarray(propagate_maps(predictor, variables, frames, first))
+  cells, visible = pose.decode_keypoints(out, e.pose_topk)
+  return pose.to_image(cells, image, out.shape[1:3]), visible
+
+
+def _resize_labels(labels, size):
+  return np.asarray(Image.fromarray(labels).resize(size[::-1], Image.NEAREST))
