@@ -2,6 +2,7 @@ import csv
 import os
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from smtc_jax.data import palette
@@ -193,3 +194,137 @@ def test_scorer_names_a_missing_result_file(tmp_path):
     f.write("s\n")
   with pytest.raises(FileNotFoundError, match="00000.png"):
     davis.score_folder(davis_root, str(tmp_path / "none"), "unsupervised", "val", processes=1)
+
+
+def _write_davis_tree(root, sequences, subset="val"):
+  """A DAVIS-2017 folder: {name: (semi (F, H, W), unsupervised (F, H, W))} labels,
+  grey JPEG frames, ImageSets/2017/<subset>.txt."""
+  for name, (semi, unsupervised) in sequences.items():
+    _write_sequence(root, os.path.join("Annotations", "480p"), name, semi)
+    _write_sequence(root, os.path.join("Annotations_unsupervised", "480p"), name, unsupervised)
+    folder = os.path.join(root, "JPEGImages", "480p", name)
+    os.makedirs(folder, exist_ok=True)
+    for t in range(len(semi)):
+      Image.fromarray(np.full((*semi.shape[1:], 3), 128, np.uint8)).save(
+          os.path.join(folder, f"{t:05d}.jpg"))
+  os.makedirs(os.path.join(root, "ImageSets", "2017"), exist_ok=True)
+  with open(os.path.join(root, "ImageSets", "2017", f"{subset}.txt"), "w") as f:
+    f.write("".join(f"{name}\n" for name in sequences))
+
+
+def _sequence_rows(path):
+  with open(path) as f:
+    return {row[0]: row[1:] for row in list(csv.reader(f))[1:]}
+
+
+def test_unsupervised_rows_are_named_in_proposal_order_as_the_official_tool():
+  # Objects: 1 = left stripe, 2 = right stripe. Proposal 1 is junk, proposal 2 covers
+  # the right object exactly, proposal 3 half of the left one. The assignment pairs
+  # (2, right) and (3, left); the official tool lists the pairs by proposal, so row 1
+  # is the right object (J = 1) and row 2 the left one (J = 0.5).
+  left, right, half_left = _stripe(10, 30), _stripe(60, 80), _stripe(10, 20)
+  gt = np.stack([left * 1 + right * 2] * 3).astype(np.uint8)
+  junk = _stripe(90, 95)
+  res = np.stack([junk * 1 + right * 2 + half_left * 3] * 3).astype(np.uint8)
+  j, _ = davis.evaluate_sequence(gt, res, "unsupervised")
+  np.testing.assert_allclose(j.mean(axis=1), [1.0, 0.5])
+  j_objects, _ = davis.evaluate_sequence(gt, res, "unsupervised", row_order="object")
+  np.testing.assert_allclose(j_objects.mean(axis=1), [0.5, 1.0])
+  # Per-frame matching (the authors' tool) lists each frame's pairs by proposal too.
+  j_frame, _ = davis.evaluate_sequence(gt, res, "unsupervised", "frame")
+  np.testing.assert_allclose(j_frame, j)
+  with pytest.raises(ValueError, match="row_order must be one of"):
+    davis.evaluate_sequence(gt, res, "unsupervised", row_order="name")
+
+
+def test_scorer_rows_follow_the_official_naming_by_default(tmp_path):
+  davis_root, results = str(tmp_path / "davis"), str(tmp_path / "results")
+  left, right = _stripe(10, 30, 64), _stripe(40, 60, 64)
+  gt = np.stack([left * 1 + right * 2] * 4).astype(np.uint8)
+  _write_davis_tree(davis_root, {"s": (gt, gt)})
+  # Proposal 1 = the right object, proposal 2 = a third of the left one.
+  _write_sequence(results, "", "s", np.stack([right * 1 + _stripe(10, 17, 64) * 2] * 4)
+                  .astype(np.uint8))
+  assert davis.main(["--davis_path", davis_root, "--results_path", results,
+                     "--task", "unsupervised", "--processes", "1"]) == 0
+  rows = _sequence_rows(os.path.join(results, "per-sequence_results-val.csv"))
+  assert rows == {"s_1": ["1.000", "1.000"], "s_2": ["0.350", rows["s_2"][1]]}
+  _, by_object = davis.score_folder(davis_root, results, "unsupervised", processes=1,
+                                    row_order="object")
+  assert [round(r[1], 3) for r in by_object] == [0.35, 1.0]
+
+
+def _random_labels(rng, frames, shape, objects):
+  """(F, H, W) uint8 labels 0..objects from drifting random discs and boxes."""
+  y, x = np.mgrid[0:shape[0], 0:shape[1]]
+  labels = np.zeros((frames, *shape), np.uint8)
+  centres = rng.uniform([0, 0], shape, size=(objects, 2))
+  sizes = rng.uniform(5, 18, size=objects)
+  for t in range(frames):
+    for k in range(objects):
+      cy, cx = centres[k] + t * rng.uniform(-2, 2, 2)
+      if k % 2:
+        inside = (y - cy)**2 + (x - cx)**2 <= sizes[k]**2
+      else:
+        inside = (abs(y - cy) <= sizes[k]) & (abs(x - cx) <= sizes[k] * 0.7)
+      labels[t][inside] = k + 1
+  return labels
+
+
+def _official_fixture(root, results_semi, results_unsup, seed=0):
+  """Three sequences with void borders, results with missed and extra objects,
+  proposals in a random order and extra junk proposals."""
+  rng = np.random.default_rng(seed)
+  sequences = {}
+  for index, objects in enumerate((2, 3, 1)):
+    semi = _random_labels(rng, 9, (60, 96), objects)
+    semi[:, :, :2] = 255  # void
+    unsup = _random_labels(rng, 9, (60, 96), objects + 1)
+    unsup[:, -3:] = 255
+    name = f"seq{index}"
+    sequences[name] = semi, unsup
+    noisy = lambda labels: np.where(rng.uniform(size=labels.shape) < 0.03, 0, labels)
+    pred = noisy(np.where(semi == 255, 0, semi)).astype(np.uint8)
+    pred[:, :10] = np.where(pred[:, :10] == 0, 1, pred[:, :10])  # spills over
+    if objects > 1:
+      pred[4:] = np.where(pred[4:] == objects, 0, pred[4:])  # a lost object
+    _write_sequence(results_semi, "", name, pred)
+    permutation = rng.permutation(np.arange(1, objects + 2)) + 2  # ids 3.., shuffled
+    lookup = np.zeros(256, np.uint8)
+    lookup[1:objects + 2] = permutation
+    proposals = lookup[np.where(unsup == 255, 0, unsup)]
+    proposals = noisy(proposals).astype(np.uint8)
+    proposals[:, 40:44, 10:20] = 1  # junk proposals 1 and 2
+    proposals[::2, 50:55, 60:80] = 2
+    _write_sequence(results_unsup, "", name, proposals)
+  _write_davis_tree(root, sequences)
+
+
+@pytest.mark.skipif(not os.environ.get("DAVIS_EVALUATION"),
+                    reason="set DAVIS_EVALUATION to a davis2017-evaluation checkout (and "
+                           "DAVIS_EVALUATION_PYTHON to a Python with its numpy, opencv, "
+                           "scikit-image, pandas, tqdm, if not this one)")
+@pytest.mark.parametrize("task", ["semi-supervised", "unsupervised"])
+def test_scorer_writes_the_official_tools_files_byte_for_byte(tmp_path, task):
+  import shutil  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / "davis")
+  _official_fixture(root, str(tmp_path / "semi-supervised"), str(tmp_path / "unsupervised"))
+  ours, official = str(tmp_path / task), str(tmp_path / f"official-{task}")
+  shutil.copytree(ours, official)
+  tool = os.environ["DAVIS_EVALUATION"]
+  proc = subprocess.run([os.environ.get("DAVIS_EVALUATION_PYTHON", sys.executable),
+                         os.path.join(tool, "evaluation_method.py"), "--davis_path", root,
+                         "--results_path", official, "--task", task, "--set", "val"],
+                        cwd=tool, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert davis.main(["--davis_path", root, "--results_path", ours, "--task", task,
+                     "--processes", "1"]) == 0
+  for name in ("global_results-val.csv", "per-sequence_results-val.csv"):
+    with open(os.path.join(ours, name), "rb") as a, open(os.path.join(official, name), "rb") as b:
+      assert a.read() == b.read(), name
+  if task == "unsupervised":  # the fixture tells the two namings apart
+    _, by_object = davis.score_folder(root, ours, task, processes=1, row_order="object")
+    official_rows = _sequence_rows(os.path.join(official, "per-sequence_results-val.csv"))
+    assert any(official_rows[n] != [f"{j:.3f}", f"{f:.3f}"] for n, j, f in by_object)

@@ -6,7 +6,14 @@ frames and parallel over sequences.
       --task semi-supervised|unsupervised [--set val]
 
 writes `global_results-<set>.csv` and `per-sequence_results-<set>.csv` into the
-results folder, with the official columns, and prints them.
+results folder, byte for byte what the official tool writes, and prints them.
+
+The official tool's per-object rows of the unsupervised task are a quirk: after
+the Hungarian assignment, row `<seq>_<k>` is the k-th matched (proposal, object)
+pair in proposal order, not ground-truth object k. We write the same by
+default (`--row_order proposal`), so the file diffs cleanly against published
+per-sequence results; `--row_order object` names rows by object instead. The
+global figures do not depend on it.
 """
 
 import csv
@@ -25,6 +32,9 @@ MAX_UNSUPERVISED_PROPOSALS = 20  # the official tool rejects more
 GLOBAL_COLUMNS = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
 SEQUENCE_COLUMNS = ["Sequence", "J-Mean", "F-Mean"]
 DECAY_BINS = 4
+# Unsupervised per-object rows: the k-th matched pair in proposal order (the
+# official tool) or ground-truth object k.
+ROW_ORDERS = ("proposal", "object")
 
 
 # ---------------------------------------------------------------------------
@@ -162,7 +172,8 @@ def object_masks(labels, num_objects: int):
 
 
 def evaluate_sequence(gt_labels, res_labels, task: str, matching: str = "video",
-                      max_proposals: int = MAX_UNSUPERVISED_PROPOSALS, num_objects=None):
+                      max_proposals: int = MAX_UNSUPERVISED_PROPOSALS, num_objects=None,
+                      row_order: str = "proposal"):
   """Per-object, per-frame J and F of one sequence.
 
   gt_labels, res_labels: (F, H, W) integer label maps (void = 255 in the ground
@@ -172,8 +183,12 @@ def evaluate_sequence(gt_labels, res_labels, task: str, matching: str = "video",
   without void; the unsupervised one assigns proposals to objects once per video
   (Hungarian on J and F averaged over frames) with void removed, or per frame
   (`matching='frame'`, the authors' repository; not the official protocol).
-  Returns (J, F), each (num_objects, F).
+  Returns (J, F), each (num_objects, F); unsupervised rows are the matched pairs
+  in proposal order (official; per frame with `matching='frame'`, as the
+  authors' tool) or, with row_order='object', ground-truth object k in row k.
   """
+  if row_order not in ROW_ORDERS:
+    raise ValueError(f"row_order must be one of {ROW_ORDERS}, got {row_order!r}")
   gt_labels = np.asarray(gt_labels)
   void = gt_labels == VOID_LABEL
   gt_labels = np.where(void, 0, gt_labels)
@@ -199,17 +214,27 @@ def evaluate_sequence(gt_labels, res_labels, task: str, matching: str = "video",
   f = np.stack([np.stack([f_measures(gt[i], r, void) for i in range(num_objects)]) for r in res])
   # j, f: (proposals, objects, frames)
   if matching == "video":
-    rows, cols = linear_sum_assignment(-(j.mean(axis=2) + f.mean(axis=2)) / 2)
-    order = np.argsort(cols)
-    return j[rows[order], cols[order]], f[rows[order], cols[order]]
+    rows, cols = _assign(j.mean(axis=2), f.mean(axis=2), row_order)
+    return j[rows, cols], f[rows, cols]
   if matching == "frame":
     j_out = np.zeros((num_objects, j.shape[2]))
     f_out = np.zeros_like(j_out)
     for t in range(j.shape[2]):
-      rows, cols = linear_sum_assignment(-(j[:, :, t] + f[:, :, t]) / 2)
-      j_out[cols, t], f_out[cols, t] = j[rows, cols, t], f[rows, cols, t]
+      rows, cols = _assign(j[:, :, t], f[:, :, t], row_order)
+      j_out[:, t], f_out[:, t] = j[rows, cols, t], f[rows, cols, t]
     return j_out, f_out
   raise ValueError(f"matching must be 'video' or 'frame', got {matching!r}")
+
+
+def _assign(j, f, row_order: str):
+  """(proposal, object) index pairs maximising J + F over (proposals, objects)
+  scores: in proposal order (scipy's, which the official tool keeps) or sorted
+  by object."""
+  rows, cols = linear_sum_assignment(-(j + f) / 2)
+  if row_order == "object":
+    order = np.argsort(cols)
+    rows, cols = rows[order], cols[order]
+  return rows, cols
 
 
 def read_annotations(davis_path: str, sequence: str, gt_dir: str):
@@ -224,7 +249,7 @@ def read_annotations(davis_path: str, sequence: str, gt_dir: str):
   return names, gt
 
 
-def _score_sequence(sequence, davis_path, results_path, task, matching):
+def _score_sequence(sequence, davis_path, results_path, task, matching, row_order):
   """(sequence, (J, F)) of one sequence folder against its ground truth."""
   gt_dir = os.path.join("Annotations" if task == "semi-supervised" else
                         "Annotations_unsupervised", "480p")
@@ -236,7 +261,8 @@ def _score_sequence(sequence, davis_path, results_path, task, matching):
   if res.shape != gt.shape:
     raise ValueError(f"{os.path.join(results_path, sequence)}: masks of shape {res.shape[1:]}, "
                      f"ground truth {gt.shape[1:]}")
-  return sequence, evaluate_sequence(gt, res, task, matching, num_objects=num_objects)
+  return sequence, evaluate_sequence(gt, res, task, matching, num_objects=num_objects,
+                                     row_order=row_order)
 
 
 def read_list(path: str) -> list[str]:
@@ -259,15 +285,16 @@ def first_frame_objects(gt_labels) -> int:
 
 
 def score_folder(davis_path: str, results_path: str, task: str, image_set: str = "val",
-                 matching: str = "video", processes: int = 0):
+                 matching: str = "video", processes: int = 0, row_order: str = "proposal"):
   """Score every sequence of the set; returns (global row, per-object rows).
 
   global row: dict over GLOBAL_COLUMNS; per-object rows: [name_k, J-Mean, F-Mean]
-  with objects named `<sequence>_<k>` as the official tool does.
+  named `<sequence>_<k>` as the official tool names them (unsupervised: the k-th
+  matched pair in proposal order; row_order='object': object k).
   """
   sequences = read_sequences(davis_path, image_set)
   work = functools.partial(_score_sequence, davis_path=davis_path, results_path=results_path,
-                           task=task, matching=matching)
+                           task=task, matching=matching, row_order=row_order)
   processes = processes or min(len(sequences), os.cpu_count() or 1)
   if processes > 1:
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
@@ -289,15 +316,15 @@ def score_folder(davis_path: str, results_path: str, task: str, image_set: str =
 
 
 def write_results(results_path: str, image_set: str, global_row, per_object) -> tuple[str, str]:
-  """The official tool's two CSV files (3 decimals)."""
+  """The official tool's two CSV files (3 decimals, '\n' line ends as pandas writes)."""
   global_csv = os.path.join(results_path, f"global_results-{image_set}.csv")
   sequence_csv = os.path.join(results_path, f"per-sequence_results-{image_set}.csv")
   with open(global_csv, "w", newline="") as f:
-    writer = csv.writer(f)
+    writer = csv.writer(f, lineterminator="\n")
     writer.writerow(GLOBAL_COLUMNS)
     writer.writerow([f"{global_row[c]:.3f}" for c in GLOBAL_COLUMNS])
   with open(sequence_csv, "w", newline="") as f:
-    writer = csv.writer(f)
+    writer = csv.writer(f, lineterminator="\n")
     writer.writerow(SEQUENCE_COLUMNS)
     for name, j, fm in per_object:
       writer.writerow([name, f"{j:.3f}", f"{fm:.3f}"])
@@ -339,10 +366,14 @@ def main(argv=None) -> int:
   parser.add_argument("--matching", default="video", choices=["video", "frame"],
                       help="unsupervised assignment: once per video (official) or per frame "
                            "(the SMTC authors' repository; not comparable with the leaderboard)")
+  parser.add_argument("--row_order", default="proposal", choices=list(ROW_ORDERS),
+                      help="unsupervised per-object rows: <seq>_<k> is the k-th matched pair in "
+                           "proposal order (the official tool's naming) or object k")
   parser.add_argument("--processes", type=int, default=0)
   args = parser.parse_args(argv)
   global_row, per_object = score_folder(args.davis_path, args.results_path, args.task,
-                                        args.image_set, args.matching, args.processes)
+                                        args.image_set, args.matching, args.processes,
+                                        args.row_order)
   paths = write_results(args.results_path, args.image_set, global_row, per_object)
   protocol = f"{args.task}" + (f", {args.matching} matching" if args.task == "unsupervised" else "")
   print(f"DAVIS {args.image_set} ({protocol}):")
