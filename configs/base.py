@@ -210,7 +210,9 @@ def get_eval_config() -> ml_collections.ConfigDict:
   e.data_path = ""  # the benchmark's folder; for synthetic, "" = the workdir's synthetic set
   e.split = "val"
   e.max_videos = 0  # 0 = all
-  e.max_proposals = 20  # the official unsupervised tool's limit
+  # Proposals kept per video (the largest) and accepted by the scorer: the official
+  # unsupervised tool's limit (the authors' copy of it: 300).
+  e.max_proposals = 20
   # Label propagation (CRW protocol; the code's eval_prop.sh).
   # The features it compares (models/smtc.py FEATURES): the encoder's output tokens
   # F_t (eq. 1; paper), or the last block's output before the final LayerNorm

@@ -10,6 +10,7 @@ import orbax.checkpoint as ocp
 from configs import tiny
 from smtc_jax import checkpoint, sharding, train
 from smtc_jax.evaluation import davis, discovery, evaluate, predictor, readers
+from smtc_jax.evaluation import scores as scores_lib
 from smtc_jax.models import smtc
 from tests import benchmark_layouts as layouts
 
@@ -233,3 +234,13 @@ def test_discovery_scores_of_loaded_videos_for_a_training_loop():
   expected = np.mean([np.mean([(v.unsupervised_labels[t] > 0).mean() for t in range(6)])
                       for v in videos])
   assert scores == {"iou": pytest.approx(expected)}
+
+
+def test_scorer_takes_eval_max_proposals():
+  truth = np.ones((2, 4, 30), np.uint8)
+  video = readers.Video("one", np.zeros((2, 4, 30, 3), np.uint8), np.ones(2, bool), truth, truth)
+  proposals = np.broadcast_to(np.arange(1, 31, dtype=np.uint8) % 22, (2, 4, 30))  # ids 0..21
+  with pytest.raises(ValueError, match="21 proposals, more than the 20"):
+    scores_lib.score_discovery(video, proposals, ("jf_discovery",), "video")
+  j, _ = scores_lib.score_discovery(video, proposals, ("jf_discovery",), "video", 300)["jf_discovery"]
+  assert j.shape == (1, 2)

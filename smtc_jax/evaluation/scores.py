@@ -21,8 +21,10 @@ def discovery_truth(video: readers.Video, tasks):
   return video.labels
 
 
-def score_discovery(video, proposals, tasks, matching: str) -> dict:
-  """Single-object IoU over annotated frames; multi-object (J, F) per object."""
+def score_discovery(video, proposals, tasks, matching: str,
+                    max_proposals: int = davis.MAX_UNSUPERVISED_PROPOSALS) -> dict:
+  """Single-object IoU over annotated frames; multi-object (J, F) per object
+  (eval.unsupervised_matching, at most eval.max_proposals proposals)."""
   truth = discovery_truth(video, tasks)[video.annotated]
   proposals = proposals[video.annotated]
   out = {}
@@ -31,7 +33,8 @@ def score_discovery(video, proposals, tasks, matching: str) -> dict:
     void = truth == davis.VOID_LABEL
     out["iou"] = float(np.mean(davis.j_measures(foreground, proposals > 0, void)))
   if "jf_discovery" in tasks:
-    out["jf_discovery"] = davis.evaluate_sequence(truth, proposals, "unsupervised", matching)
+    out["jf_discovery"] = davis.evaluate_sequence(truth, proposals, "unsupervised", matching,
+                                                  max_proposals)
   return out
 
 
