@@ -1,8 +1,10 @@
 """The SMTC model (paper Sec. 3.1-3.3): encoder -> correlation -> fusion ->
 semantic-aware masked slot attention -> object projection.
 
-`SMTC.__call__(clip, instance_noise=None)` takes a clip (B, T, H, W, 3) of
-normalised frames and returns a dict (shapes with L = h * w tokens):
+`SMTC.__call__(clip, instance_noise=None, partner=None, train=False)` takes a
+clip (B, T, H, W, 3) of normalised frames (`train`: the student in training,
+with the encoder's stochastic depth) and returns a dict (shapes with L = h * w
+tokens):
   features         (B, T, L, D)     encoder features F_t, before fusion
   semantic_logits  (B, T, N, L)     last stage-1 logits (Q K^T / sqrt(D))
   semantic_masks   (B, T, N, L)     softmax over N of the logits: M of eq. 4
@@ -217,9 +219,11 @@ def normalize(frames, config: ml_collections.ConfigDict):
 
 
 def model_rngs(rng):
-  """The rng streams `SMTC.apply` draws from, split from one key."""
-  instance, partner, drop = jax.random.split(rng, 3)
-  return {RNG_INSTANCE: instance, RNG_PARTNER: partner, RNG_DROP_PATH: drop}
+  """The rng streams `SMTC.apply` draws from, derived from one key (the
+  stochastic-depth one folded in, so the others are those of runs before it)."""
+  instance, partner = jax.random.split(rng)
+  return {RNG_INSTANCE: instance, RNG_PARTNER: partner,
+          RNG_DROP_PATH: jax.random.fold_in(rng, 1)}
 
 
 def model_variables(params, batch_stats):
