@@ -177,6 +177,7 @@ def loss_and_grads(state: TrainState, batch, *, config, model, freeze_encoder: b
   needed before any gradient, comes from a first scan of student forward
   passes: accumulation's one extra cost.
   """
+  # batch leaves: (B, T, H, W, 3); after the split, views leaves: (A, B / A, ...).
   rng = jax.random.fold_in(state.rng, state.step)
   student_rng, teacher_rng = jax.random.split(rng)
   b, t = batch["student"].shape[:2]
