@@ -181,6 +181,13 @@ def get_train_config() -> ml_collections.ConfigDict:
   t.num_steps = 30000
   t.ema_momentum = 0.999  # m of eq. 14
   t.ema_scope = "all"  # all (paper) | non_encoder (code: teacher encoder stays at init)
+  # Gradient accumulation: clips per device in one micro-batch. Each step scans
+  # every device's share of data.batch_size in micro-batches of this size, sums
+  # their gradients and updates once, with the whole batch's loss and gradient,
+  # so the recipe (global batch, lr) is the same on any number of devices; only
+  # memory and speed change. 0, or at least the share: the whole share at once.
+  # A size that does not divide the share is an error.
+  t.microbatch = 0
   t.log_every = 50
   t.checkpoint_every = 1000
   t.keep_checkpoints = 3

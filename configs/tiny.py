@@ -3,8 +3,10 @@
 from configs import base
 
 
-def get_config():
-  config = base.get_config()
+def shrink(config):
+  """`config` with a toy model and input (ViT of 2 blocks 32 wide, 32x32, T=3,
+  N=4, P=3, 20 Sinkhorn iterations); every other field, the batch and the
+  optimizer included, stays as it is."""
   v = config.model.vit
   v.patch_size = 8
   v.dim = 32
@@ -17,3 +19,7 @@ def get_config():
   config.data.num_frames = 3
   config.loss.sinkhorn_iters = 20
   return config
+
+
+def get_config():
+  return shrink(base.get_config())

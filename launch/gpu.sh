@@ -4,7 +4,7 @@
 # Needs (environment): WORKDIR, DATA_PATH (YouTube-VOS frames),
 #   INIT_CHECKPOINT (the DINO encoder as an Orbax params checkpoint).
 # Optional: CONFIG (configs/gpu.py), PYTHON (python3), CUDA_VISIBLE_DEVICES.
-# Usage: launch/gpu.sh [--dry-run] [-- --config.data.batch_size=128 ...]
+# Usage: launch/gpu.sh [--dry-run] [-- --config.train.microbatch=32 ...]
 
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

@@ -8,7 +8,9 @@
 `step` compiles and times the real jitted train step (median of --steps after
 --warmup, block_until_ready), reads its FLOPs from XLA's cost analysis and its
 activation memory (temporary buffers) from XLA's memory analysis, measures this
-machine's dense matmul peak in the same run, and prints the ratio; with
+machine's dense matmul peak in the same run, and prints the ratio (with
+train.microbatch, `xla_temp_bytes` is the memory of a step that holds one
+micro-batch of `microbatch_clips` clips per device at a time); with
 --trace_dir it records a jax.profiler trace and lists the costliest XLA ops. `data`
 times the grain input pipeline in clips/s; `propagate` runs label propagation
 and object discovery on a random 854x480 video; `davis` times J and F of a
@@ -149,6 +151,8 @@ def profile_ops(run_step, compiled, trace_dir: str, steps: int, top: int) -> lis
 def bench_step(config) -> dict:
   from smtc_jax import sharding, train  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh()
+  sharding.check_batch_divisible(config.data.batch_size, mesh)
+  microbatches = train.microbatches_per_step(config, mesh)
   model, optimizer, state, state_sharding = train.build(config, mesh)
   steps = train.compile_train_steps(config, model, optimizer, mesh, state_sharding)
   step_fn = steps[FLAGS.frozen]
@@ -181,6 +185,8 @@ def bench_step(config) -> dict:
   return {
       "bench": "step", "backend": backend, "devices": jax.device_count(),
       "frozen_encoder": FLAGS.frozen, "dtype": config.model.dtype, "batch": d.batch_size,
+      "microbatches": microbatches,
+      "microbatch_clips": d.batch_size // (mesh.shape[sharding.DATA_AXIS] * microbatches),
       "compile_s": compile_s, "step_s": step_s, "clips_per_s": d.batch_size / step_s,
       "step_flops": flops, "achieved_flops_per_s": achieved,
       "matmul_peak_f32": peak_f32, "matmul_peak_bf16": peak_bf16,

@@ -124,11 +124,20 @@ def valid_instances(semantic_masks, semantic_slots, instance_slots, *,
   return jax.lax.stop_gradient(valid.astype(jnp.float32))
 
 
+def valid_pair_count(valid, same_frame_pairs: bool):
+  """The number L_obj divides by: valid instances (B, T, N, P) counted once
+  per frame pair (t, j) whose first frame they are in."""
+  first, _ = frame_pairs(valid.shape[1], include_same=same_frame_pairs)
+  return jnp.sum(valid[:, first])
+
+
 def object_consistency_loss(objects, teacher_objects, valid, teacher_valid, *,
                             form: str, margin: float, cosine_margin: float,
-                            same_frame_pairs: bool):
-  """L_obj (eq. 12) over frame pairs, normalised by the number of valid student
-  instances.
+                            same_frame_pairs: bool, count=None):
+  """L_obj (eq. 12): the valid student instances' terms summed over frame
+  pairs, divided by `count`, the number of those instances (valid_pair_count).
+  None counts them in these inputs; a micro-batch of a larger batch passes the
+  whole batch's count, which makes its L_obj its share of the whole batch's.
 
   objects, teacher_objects: (B, T, N, P, D) unit vectors; valid, teacher_valid:
   (B, T, N, P). Instances are matched per semantic by exact bipartite matching
@@ -162,13 +171,36 @@ def object_consistency_loss(objects, teacher_objects, valid, teacher_valid, *,
     per_instance = push + valid_match * pull
   else:
     raise ValueError(f"loss.instance_form must be 'l2_margin' or 'cosine', got {form!r}")
-  return jnp.sum(valid_s * per_instance) / jnp.maximum(jnp.sum(valid_s), 1.0)
+  if count is None:
+    count = valid_pair_count(valid, same_frame_pairs)
+  return jnp.sum(valid_s * per_instance) / jnp.maximum(count, 1.0)
 
 
-def smtc_loss(student, teacher, config: ml_collections.ConfigDict):
+def instance_validity(out, config: ml_collections.ConfigDict):
+  """I_t (eq. 11) of a model output with the config's thresholds: (B, T, N, P)."""
+  l = config.loss
+  return valid_instances(
+      out["semantic_masks"], out["semantic_slots"], out["instance_slots"],
+      mask_tau=l.valid_mask_tau, tau1=l.tau1, tau2=l.tau2,
+      use_area=config.model.stages != "instance")
+
+
+def valid_student_count(student, config: ml_collections.ConfigDict):
+  """The count L_obj of the student output divides by (valid_pair_count)."""
+  return valid_pair_count(instance_validity(student, config), config.loss.obj_same_frame_pairs)
+
+
+def smtc_loss(student, teacher, config: ml_collections.ConfigDict, *,
+              batch_fraction: float = 1.0, obj_count=None):
   """Total loss of eq. 13 and its terms: (total, {'sem', 'reg', 'obj', 'valid'}).
 
   `valid` is the fraction of valid student instances (a metric, not a loss).
+  For a micro-batch of a step's batch, `batch_fraction` is its share of the
+  clips and `obj_count` the whole batch's valid_student_count: L_sem, L_reg and
+  `valid` are means over clips, so they are weighted by the share, and L_obj's
+  numerator is divided by the whole batch's count. The total and the terms are
+  then the micro-batch's contributions, which sum over the micro-batches to
+  the whole batch's loss. The defaults are a whole batch (its own count).
   """
   l, m = config.loss, config.model
   has_semantics = m.stages != "instance"
@@ -181,13 +213,11 @@ def smtc_loss(student, teacher, config: ml_collections.ConfigDict):
       epsilon=l.sinkhorn_epsilon, num_iters=l.sinkhorn_iters,
       marginals=l.sinkhorn_marginals, eps=l.eps) if l.sem_weight else zero
   reg = mask_regularization_loss(student["semantic_masks"], l.eps) if l.reg_weight else zero
-  validity = lambda out: valid_instances(
-      out["semantic_masks"], out["semantic_slots"], out["instance_slots"],
-      mask_tau=l.valid_mask_tau, tau1=l.tau1, tau2=l.tau2, use_area=has_semantics)
-  valid, teacher_valid = validity(student), validity(teacher)
+  valid, teacher_valid = instance_validity(student, config), instance_validity(teacher, config)
   obj = object_consistency_loss(
       student["objects"], teacher["objects"], valid, teacher_valid,
       form=l.instance_form, margin=l.margin, cosine_margin=l.cosine_margin,
-      same_frame_pairs=l.obj_same_frame_pairs) if l.obj_weight else zero
+      same_frame_pairs=l.obj_same_frame_pairs, count=obj_count) if l.obj_weight else zero
+  sem, reg = batch_fraction * sem, batch_fraction * reg
   total = l.sem_weight * sem + l.reg_weight * reg + l.obj_weight * obj
-  return total, {"sem": sem, "reg": reg, "obj": obj, "valid": jnp.mean(valid)}
+  return total, {"sem": sem, "reg": reg, "obj": obj, "valid": batch_fraction * jnp.mean(valid)}

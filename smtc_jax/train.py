@@ -114,31 +114,109 @@ def init_state(config, model, rng, optimizer) -> TrainState:
                     opt_state=optimizer.init(params), rng=state_rng)
 
 
-def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_encoder: bool):
-  """One step: student (in training mode) and teacher (deterministic) forward on
-  two views, eq. 13, AdamW, EMA.
+def microbatches_per_step(config, mesh) -> int:
+  """How many micro-batches a step scans: each device's share of
+  data.batch_size in micro-batches of train.microbatch clips, or 1 when that
+  is 0 or at least the share. A size that does not divide the share is a
+  ValueError naming the field."""
+  devices = mesh.shape[sharding.DATA_AXIS]
+  per_device = config.data.batch_size // devices
+  size = config.train.microbatch
+  if size < 0 or (0 < size < per_device and per_device % size):
+    raise ValueError(f"train.microbatch={size} must be 0 or divide the {per_device} clips per "
+                     f"device (data.batch_size={config.data.batch_size} over {devices} devices)")
+  return per_device // size if 0 < size < per_device else 1
+
+
+def split_microbatches(tree, num: int, data_shards: int):
+  """Leaves (B, ...) -> (num, B / num, ...). Micro-batch a holds the a-th
+  slice of every device's contiguous share of the batch (data_shards devices),
+  so each device scans its own clips and no clip moves between devices."""
+  def split(x):
+    x = x.reshape(data_shards, num, -1, *x.shape[1:])  # (devices, num, clips, ...)
+    return jnp.swapaxes(x, 0, 1).reshape(num, -1, *x.shape[3:])
+
+  return jax.tree.map(split, tree)
+
+
+def sum_over_microbatches(fn, microbatches):
+  """The sum over a of fn(micro-batch a), pytrees of arrays, in a scan over the
+  leading axis: the compiled step holds one micro-batch's activations at a
+  time. A single micro-batch runs without a loop."""
+  first = jax.tree.map(lambda x: x[0], microbatches)
+  if jax.tree.leaves(microbatches)[0].shape[0] == 1:
+    return fn(first)
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(fn, first))
+  add = lambda total, batch: (jax.tree.map(jnp.add, total, fn(batch)), None)
+  return jax.lax.scan(add, zeros, microbatches)[0]
+
+
+def loss_and_grads(state: TrainState, batch, *, config, model, freeze_encoder: bool,
+                   microbatches: int = 1, data_shards: int = 1):
+  """((total, terms), grads) of eq. 13 on the batch: student (in training mode)
+  and teacher (deterministic) forward on two views, the student's gradient.
 
   batch: {'student', 'teacher': (B, T, H, W, 3) uint8}. With `freeze_encoder`
   the student's encoder parameters are constants, so XLA computes no encoder
-  backward at all, and the encoder's AdamW state is left untouched; the update
-  of every other parameter is the same.
+  backward at all; the gradient of every other parameter is the same.
+
+  With `microbatches` A > 1 (microbatches_per_step; `data_shards`: the devices
+  of the mesh's data axis) the batch is scanned in A micro-batches and their
+  losses and gradients summed: the same loss, terms and gradient as the whole
+  batch at once. The model's random draws are made for the whole batch and
+  split with it; the micro-batch losses are contributions to the whole
+  batch's (losses.smtc_loss), and L_obj's count of valid student instances,
+  needed before any gradient, comes from a first scan of student forward
+  passes: accumulation's one extra cost. Stochastic depth draws its own key
+  per micro-batch.
   """
+  # batch leaves: (B, T, H, W, 3); after the split, views leaves: (A, B / A, ...).
   rng = jax.random.fold_in(state.rng, state.step)
   student_rng, teacher_rng = jax.random.split(rng)
-  teacher = model.apply(smtc.model_variables(state.ema_params, state.batch_stats),
-                        smtc.normalize(batch["teacher"], config),
-                        rngs=smtc.model_rngs(teacher_rng))
-  teacher = jax.lax.stop_gradient(teacher)
-  student_clip = smtc.normalize(batch["student"], config)
+  b, t = batch["student"].shape[:2]
+  draw = lambda r: model.apply({}, b, t, smtc.feature_dim(config), rngs=smtc.model_rngs(r),
+                               method=smtc.SMTC.random_inputs)
+  views = {"student": (batch["student"], draw(student_rng)),
+           "teacher": (batch["teacher"], draw(teacher_rng))}
+  views = split_microbatches(views, microbatches, data_shards)
+  drop_path = smtc.model_rngs(student_rng)[smtc.RNG_DROP_PATH]
+  views["drop_path"] = jax.random.split(drop_path, microbatches)
 
-  def loss_fn(params):
+  def forward(params, view, drop_path_key=None):
+    frames, (noise, partner) = view
+    train = drop_path_key is not None
+    return model.apply(smtc.model_variables(params, state.batch_stats),
+                       smtc.normalize(frames, config), instance_noise=noise, partner=partner,
+                       train=train, rngs={smtc.RNG_DROP_PATH: drop_path_key} if train else None)
+
+  obj_count = None
+  if microbatches > 1 and config.loss.obj_weight:
+    obj_count = sum_over_microbatches(
+        lambda v: losses.valid_student_count(
+            forward(state.params, v["student"], v["drop_path"]), config), views)
+
+  def loss_fn(params, view, drop_path_key, teacher):
     if freeze_encoder:
       params = {**params, ENCODER: jax.lax.stop_gradient(params[ENCODER])}
-    student = model.apply(smtc.model_variables(params, state.batch_stats), student_clip,
-                          train=True, rngs=smtc.model_rngs(student_rng))
-    return losses.smtc_loss(student, teacher, config)
+    return losses.smtc_loss(forward(params, view, drop_path_key), teacher, config,
+                            batch_fraction=1.0 / microbatches, obj_count=obj_count)
 
-  (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  def micro_step(view):
+    teacher = jax.lax.stop_gradient(forward(state.ema_params, view["teacher"]))
+    return jax.value_and_grad(loss_fn, has_aux=True)(state.params, view["student"],
+                                                     view["drop_path"], teacher)
+
+  return sum_over_microbatches(micro_step, views)
+
+
+def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_encoder: bool,
+               microbatches: int = 1, data_shards: int = 1):
+  """One step: loss_and_grads (which takes the other arguments), one AdamW
+  update (the encoder's AdamW state left untouched while it is frozen), one EMA
+  update of the teacher (eq. 14)."""
+  (total, terms), grads = loss_and_grads(
+      state, batch, config=config, model=model, freeze_encoder=freeze_encoder,
+      microbatches=microbatches, data_shards=data_shards)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params,
                                         freeze_encoder=freeze_encoder)
   params = optax.apply_updates(state.params, updates)
@@ -157,13 +235,16 @@ def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_enc
 
 
 def compile_train_steps(config, model, optimizer, mesh, state_sharding):
-  """The jitted step, in a frozen-encoder and a trained-encoder version."""
+  """The jitted step, in a frozen-encoder and a trained-encoder version, each
+  accumulating over train.microbatch micro-batches."""
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
+  microbatches = microbatches_per_step(config, mesh)
 
   def jitted(freeze):
     fn = functools.partial(train_step, config=config, model=model, optimizer=optimizer,
-                           freeze_encoder=freeze)
+                           freeze_encoder=freeze, microbatches=microbatches,
+                           data_shards=mesh.shape[sharding.DATA_AXIS])
     return jax.jit(fn, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
@@ -247,11 +328,12 @@ def save_config(config, logdir: str) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Train (resuming from the workdir's latest checkpoint); returns the last metrics."""
+  mesh = sharding.make_mesh()
+  sharding.check_batch_divisible(config.data.batch_size, mesh)
+  microbatches = microbatches_per_step(config, mesh)  # a bad size fails before anything is built
   logdir = log_dir(config, workdir)
   os.makedirs(logdir, exist_ok=True)
   save_config(config, logdir)
-  mesh = sharding.make_mesh()
-  sharding.check_batch_divisible(config.data.batch_size, mesh)
   source = pipeline.make_source(config, workdir)
   dataset = pipeline.build_dataset(
       source, pipeline.ClipSpec.from_config(config.data), seed=config.seed,
@@ -265,8 +347,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   steps = compile_train_steps(config, model, optimizer, mesh, state_sharding)
   writer = MetricWriter(logdir)
   t = config.train
-  logging.info("training %d videos from step %d to %d on %d devices", len(source), start,
-               t.num_steps, jax.device_count())
+  logging.info("training %d videos from step %d to %d on %d devices, %d micro-batches a step",
+               len(source), start, t.num_steps, jax.device_count(), microbatches)
   scalars, tick, tick_step = {}, time.time(), start
   for step in range(start, t.num_steps):
     batch = sharding.global_batch(next(data_iter), mesh)

@@ -92,3 +92,17 @@ def test_unknown_hue_space_is_named():
   config.data.augment.hue_space = "lab"
   with pytest.raises(ValueError, match="data.augment.hue_space must be one of"):
     pipeline.ClipSpec.from_config(config.data)
+
+
+def _flat(tree, prefix=""):
+  if isinstance(tree, dict):
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+  return {prefix[:-1]: tree}
+
+
+def test_gpu_config_is_the_tpu_v4_run_in_micro_batches():
+  # The same experiment: only memory (micro-batches) and host decoding differ.
+  tpu = _flat(importlib.import_module("configs.tpu_v4").get_config().to_dict())
+  gpu = _flat(importlib.import_module("configs.gpu").get_config().to_dict())
+  assert {k for k in tpu if tpu[k] != gpu[k]} == {"train.microbatch", "data.num_workers"}
+  assert gpu["data.batch_size"] == 128 and gpu["optim.learning_rate"] == 2e-4

@@ -99,3 +99,32 @@ def test_model_runs_at_a_larger_evaluation_resolution(tiny_config):
   big = jax.random.normal(jax.random.PRNGKey(1), (1, 2, 48, 64, 3))
   out = model.apply(variables, big, rngs=model_rngs(1))
   assert out["semantic_masks"].shape == (1, 2, 4, 48)
+
+
+def test_random_inputs_are_the_draws_a_call_makes(tiny_config):
+  # The train step draws them for its whole batch and splits them with it.
+  clip = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 32, 32, 3))
+  model, variables, _ = _forward(tiny_config, clip)
+  d = smtc.feature_dim(tiny_config)
+
+  def both(variables, clip):  # one jit, so that XLA fuses both alike
+    drawn = model.apply(variables, clip, rngs=model_rngs(3))
+    noise, partner = model.apply({}, 2, 3, d, rngs=model_rngs(3), method=smtc.SMTC.random_inputs)
+    return drawn, model.apply(variables, clip, instance_noise=noise, partner=partner), noise
+
+  drawn, given, noise = jax.jit(both)(variables, clip)
+  assert noise.shape == (2, 3, 4, 3, 32)
+  jax.tree.map(np.testing.assert_array_equal, given, drawn)
+
+
+@pytest.mark.parametrize("encoder", ["vit", "resnet"])
+def test_feature_dim_is_the_width_of_the_encoder_features(tiny_config, encoder):
+  tiny_config.model.encoder = encoder
+  tiny_config.model.resnet.stage_blocks = (1, 1, 1, 1)
+  tiny_config.model.resnet.feature_stage = "res3"
+  tiny_config.data.resolution = (64, 64)
+  model = smtc.build_model(tiny_config)
+  clip = jax.ShapeDtypeStruct((1, 2, 64, 64, 3), jnp.float32)
+  out, _ = jax.eval_shape(model.init_with_output, model_rngs(0), clip)
+  assert out["features"].shape[-1] == smtc.feature_dim(tiny_config) == (
+      32 if encoder == "vit" else 512)

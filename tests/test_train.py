@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import tiny
+from configs import gpu, tiny, tpu_v4
 from smtc_jax import checkpoint, sharding, train
 from smtc_jax.models import smtc
 
@@ -143,8 +144,92 @@ def test_weight_decay_skips_biases_and_one_dimensional_parameters():
   assert mask == {"dense": {"kernel": True, "bias": False}, "mu": True}
 
 
+def _loss_and_grads(config, state, batch, microbatches):
+  fn = functools.partial(train.loss_and_grads, config=config, model=smtc.build_model(config),
+                         freeze_encoder=False, microbatches=microbatches)
+  return _host(jax.jit(fn)(state, batch))
+
+
+def test_four_accumulated_microbatches_give_the_whole_batch_loss_and_gradient(config):
+  # 4 micro-batches of 1 clip against the batch of 4 at once, from the same
+  # state: the same random draws per clip, L_obj divided by the whole batch's
+  # count of valid instances (here 0.22 of them, not the same in every clip, so
+  # a mean of per-micro-batch L_obj would differ), L_sem and L_reg weighted 1/4.
+  mesh, state, _ = _setup(config)
+  batch = sharding.global_batch(_batch(config, 4), mesh)
+  (total, terms), grads = _loss_and_grads(config, state, batch, 1)
+  (total4, terms4), grads4 = _loss_and_grads(config, state, batch, 4)
+  np.testing.assert_allclose(total4, total, rtol=1e-6)
+  for key in ("sem", "reg", "obj", "valid"):
+    np.testing.assert_allclose(terms4[key], terms[key], rtol=1e-6, err_msg=key)
+  # Summing in another order rounds differently (seen: 1.3e-7 at most, on a
+  # gradient of norm 2.3); atol covers leaves whose gradient is zero but for
+  # rounding (the query biases: a softmax ignores a shift shared by all logits).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads4, grads)
+
+
+def test_accumulating_step_updates_once_with_the_whole_batch_metrics(config):
+  # Adam's first update is lr * g / (|g| + eps): with the default eps a gradient
+  # that is zero but for rounding (see above) moves by up to lr either way, so
+  # here eps is large enough that the update follows the gradient smoothly.
+  config.optim.eps = 1e-3
+  config.data.batch_size = 4
+  results = {}
+  for microbatch in (0, 1):
+    config.train.microbatch = microbatch
+    mesh, state, steps = _setup(config)
+    state, metrics = steps[False](state, sharding.global_batch(_batch(config, 4), mesh))
+    results[microbatch] = _host((state.params, state.ema_params, metrics))
+  (params, ema, metrics), (params4, ema4, metrics4) = results[0], results[1]
+  for key in ("loss", "loss_sem", "loss_reg", "loss_obj", "valid_fraction", "grad_norm"):
+    np.testing.assert_allclose(metrics4[key], metrics[key], rtol=1e-6, err_msg=key)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  jax.tree.map(close, params4, params)
+  jax.tree.map(close, ema4, ema)
+
+
+def test_microbatch_that_does_not_divide_the_device_batch_fails_at_start_up(config, tmp_path):
+  config.data.batch_size = 4
+  config.train.microbatch = 3
+  with pytest.raises(ValueError, match=r"^train\.microbatch=3 must be 0 or divide the 4 clips"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")  # nothing written or built
+  config.train.microbatch = 8  # at least the device's share: the whole share at once
+  assert train.microbatches_per_step(config, sharding.make_mesh()) == 1
+  config.train.microbatch = 2
+  assert train.microbatches_per_step(config, sharding.make_mesh()) == 2
+
+
+def _youtube_vos(root, videos=4, frames=9, size=48):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for v in range(videos):
+    folder = root / "train" / "JPEGImages" / f"video{v}"
+    folder.mkdir(parents=True)
+    for f in range(frames):
+      Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+          folder / f"{f:05d}.jpg")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", [tpu_v4, gpu])
+def test_the_paper_recipe_trains_on_one_cpu_device_at_tiny_shapes(tmp_path, recipe):
+  # The recipe unchanged (global batch 128, lr, data layout, microbatch): only
+  # the shapes, the step count and the host's decoding processes are made small.
+  config = tiny.shrink(recipe.get_config())
+  assert (config.data.batch_size, config.optim.learning_rate) == (128, 2e-4)
+  config.data.path = str(tmp_path / "ytvos")
+  config.data.num_workers = 0
+  config.train.num_steps = 1
+  config.train.async_checkpoints = False
+  _youtube_vos(tmp_path / "ytvos")
+  metrics = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert np.isfinite(metrics["loss"])
+  assert os.path.isdir(tmp_path / "run" / "checkpoints" / "1")
+
+
 SHARDED_SCRIPT = r"""
-import json, sys
+import json, re, sys
 import jax, numpy as np
 sys.path.insert(0, {repo!r})
 from configs import tiny
@@ -152,21 +237,27 @@ from smtc_jax import sharding, train
 from smtc_jax.models import smtc
 from tests.test_train import _batch
 config = tiny.get_config()
-config.data.batch_size = 8
+config.data.batch_size = 16
 out = {{}}
-for detach, name, devices in [(False, "one", jax.devices()[:1]), (False, "eight", jax.devices()),
-                              (True, "one_detach", jax.devices()[:1]),
-                              (True, "eight_detach", jax.devices())]:
+for detach, name, devices, microbatch in [
+    (False, "one", jax.devices()[:1], 0), (False, "eight", jax.devices(), 0),
+    (True, "one_detach", jax.devices()[:1], 0), (True, "eight_detach", jax.devices(), 0),
+    (True, "eight_detach_accumulated", jax.devices(), 1)]:
   config.model.detach_trick = detach
+  config.train.microbatch = microbatch
   mesh = sharding.make_mesh(devices)
   model = smtc.build_model(config)
   opt = train.make_optimizer(config)
   state, state_sharding = train.create_state(config, model, opt, mesh)
   steps = train.compile_train_steps(config, model, opt, mesh, state_sharding)
-  batch = sharding.global_batch(_batch(config, 8), mesh)
+  batch = sharding.global_batch(_batch(config, 16), mesh)
   assert len(batch["student"].sharding.device_set) == len(devices)
-  state, metrics = steps[False](state, batch)
+  compiled = steps[False].lower(state, batch).compile()
+  state, metrics = compiled(state, batch)
   out[name] = {{k: float(v) for k, v in metrics.items()}}
+  out[name]["collectives"] = sorted(set(re.findall(
+      r"= \S+ (all-to-all|all-gather|collective-permute|reduce-scatter|all-reduce)\(",
+      compiled.as_text())))
 print(json.dumps(out))
 """
 
@@ -175,15 +266,18 @@ def test_sharded_step_on_eight_devices_matches_one_device():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT.format(repo=REPO)], env=env,
-                        capture_output=True, text=True, timeout=600, cwd=REPO)
+                        capture_output=True, text=True, timeout=900, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   # One step from the same parameters on the same global batch: the losses agree
-  # to float rounding.
+  # to float rounding, also when each device accumulates its 2 clips in 2
+  # micro-batches of 1 (train.microbatch=1).
   for key in ("loss", "loss_sem", "loss_reg", "loss_obj", "valid_fraction"):
     np.testing.assert_allclose(out["eight"][key], out["one"][key], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out["eight_detach_accumulated"][key], out["one_detach"][key],
+                               rtol=1e-6, atol=1e-7)
   # The gradient agrees less well (seen: grad norm 3e-4 relative, slot-attention
-  # leaves log_sigma, mu, mlp up to 8e-3): L_obj's gradient back through three
+  # leaves up to 8e-3): L_obj's gradient back through three
   # unrolled slot-attention iterations, where the P instance slots of a semantic
   # have nearly converged to one vector, amplifies rounding (the reduction order
   # differs with the device count). Not the matching or the validity masks (fixing
@@ -192,6 +286,10 @@ def test_sharded_step_on_eight_devices_matches_one_device():
   np.testing.assert_allclose(out["eight"]["grad_norm"], out["one"]["grad_norm"], rtol=2e-3)
   np.testing.assert_allclose(out["eight_detach"]["grad_norm"], out["one_detach"]["grad_norm"],
                              rtol=1e-5)
+  np.testing.assert_allclose(out["eight_detach_accumulated"]["grad_norm"],
+                             out["one_detach"]["grad_norm"], rtol=1e-5)
+  # Each device scans its own clips: the only collective is the gradient's all-reduce.
+  assert out["eight_detach_accumulated"]["collectives"] == ["all-reduce"]
 
 
 def _main(workdir, *overrides, wait=True):

@@ -79,6 +79,11 @@ def feature_stride(stage: str, stage_strides: Sequence[int]) -> int:
   return 4 * int(np.prod(stage_strides[:index]))
 
 
+def feature_channels(stage: str) -> int:
+  """Channels of stage 'res2'..'res5': the stage's bottleneck width times the expansion."""
+  return STAGE_WIDTHS[int(stage[3:]) - 2] * EXPANSION
+
+
 class ResNetEncoder(nn.Module):
   """ResNet as the SMTC encoder: 'tokens' are the feature map of `feature_stage`."""
   stage_blocks: Sequence[int] = STAGE_BLOCKS

@@ -133,6 +133,25 @@ class SMTC(nn.Module):
       return self.correlation_head(tokens, feats, partner)
     raise ValueError(f"model.slot_input must be 'fused', 'rgb' or 'correlation', got {self.slot_input!r}")
 
+  def random_partner(self, batch: int, num_frames: int):
+    """Partner frame j of every (clip, frame t): (B, T), from the 'partner' stream."""
+    rng = self.make_rng(RNG_PARTNER) if self.corr_partner == "random" else None
+    return partner_indices(rng, batch, num_frames, self.corr_partner)
+
+  def random_noise(self, batch: int, num_frames: int, dim: int):
+    """Standard normal (B, T, N, P, D) for the Gaussian samples of stage 2,
+    from the 'instance' stream."""
+    n, p = self.slot_attention.num_semantics, self.slot_attention.num_instances
+    return jax.random.normal(self.make_rng(RNG_INSTANCE), (batch, num_frames, n, p, dim))
+
+  def random_inputs(self, batch: int, num_frames: int, dim: int):
+    """(instance_noise, partner) for `batch` clips, the numbers __call__ draws
+    when given neither (the same streams and counters). Row i belongs to clip
+    i, so the train step draws them once for its whole batch and gives each
+    micro-batch its clips' rows: the draws do not depend on how the batch is
+    split. Run as model.apply({}, b, t, d, rngs=..., method=SMTC.random_inputs)."""
+    return self.random_noise(batch, num_frames, dim), self.random_partner(batch, num_frames)
+
   @nn.compact
   def __call__(self, clip, instance_noise=None, partner=None, train: bool = False):
     # clip: (B, T, H, W, 3); instance_noise: (B, T, N, P, D) or None (drawn from
@@ -141,13 +160,12 @@ class SMTC(nn.Module):
     b, t = clip.shape[:2]
     feats = self.encode(clip, train)
     d = feats.shape[-1]
-    n, p = self.slot_attention.num_semantics, self.slot_attention.num_instances
+    n = self.slot_attention.num_semantics
     if partner is None:
-      rng = self.make_rng(RNG_PARTNER) if self.corr_partner == "random" else None
-      partner = partner_indices(rng, b, t, self.corr_partner)
+      partner = self.random_partner(b, t)
     fused = self.fuse(feats, partner)  # (B, T, L, D)
     if instance_noise is None:
-      instance_noise = jax.random.normal(self.make_rng(RNG_INSTANCE), (b, t, n, p, d))
+      instance_noise = self.random_noise(b, t, d)
     p = instance_noise.shape[3]
     slots = self.slot_attention(fused.reshape(b * t, -1, d),
                                 instance_noise.reshape(b * t, n, p, d))
@@ -186,6 +204,15 @@ def encoder_stride(config: ml_collections.ConfigDict) -> int:
   if m.encoder == "resnet":
     return resnet.feature_stride(m.resnet.feature_stage, m.resnet.stage_strides)
   return m.vit.patch_size
+
+
+def feature_dim(config: ml_collections.ConfigDict) -> int:
+  """D: the width of the configured encoder's features (the ViT's tokens and
+  its concatenated keys are both vit.dim wide)."""
+  m = config.model
+  if m.encoder == "resnet":
+    return resnet.feature_channels(m.resnet.feature_stage)
+  return m.vit.dim
 
 
 def build_model(config: ml_collections.ConfigDict) -> SMTC:
