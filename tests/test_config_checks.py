@@ -1,11 +1,15 @@
 """Start-up config checks: every string option and range, before anything is built."""
 
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 
 from smtc_jax import config_checks
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["base", "reference", "tiny", "cpu_synthetic", "tpu_v4", "gpu"]
 
 # Every string option and the values it takes.
@@ -108,3 +112,17 @@ def test_mode_and_workdir_requirements():
   assert config_checks.problems(_config(), "train", "gs://bucket/run") == [
       "workdir gs://bucket/run is remote: set train.logdir to a local folder for logs",
       "workdir gs://bucket/run is remote: data.source='synthetic' needs a local data.path"]
+
+
+def test_a_bad_option_stops_main_before_anything_is_built_or_written(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "smtc_jax.main", "--config", os.path.join(REPO, "configs/cpu_synthetic.py"),
+       "--workdir", str(workdir), "--config.model.fusion=foo", "--config.train.log_every=0"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  assert proc.stderr.splitlines() == [
+      "error: model.fusion='foo' is not one of 'paper', 'reference'",
+      "error: train.log_every=0 must be >= 1"]
+  assert proc.stdout == ""
+  assert not workdir.exists()  # no synthetic set, no config.json, no lock

@@ -14,14 +14,14 @@ What each benchmark reports (paper Sec. 4):
 
 import csv
 import os
+import time
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from smtc_jax import checkpoint, train
+from smtc_jax import checkpoint, console, train
 from smtc_jax.data import palette, synthetic
 from smtc_jax.evaluation import davis, discovery, parts, pose, propagation, readers
 from smtc_jax.models import smtc
@@ -33,10 +33,11 @@ def trained_variables(config, workdir: str):
   """The evaluated weights: WORKDIR/export if there, else the latest checkpoint."""
   export = os.path.join(workdir, checkpoint.EXPORT_DIR)
   if os.path.isdir(export):
-    logging.info("evaluating %s of %s", config.eval.params, export)
+    console.say(f"evaluating {config.eval.params} of {export}")
     tree = checkpoint.load_params(export)
     return train.model_variables(tree[config.eval.params], tree.get("batch_stats", {}))
   state = jax.device_get(train.latest_state(config, workdir))
+  console.say(f"evaluating {config.eval.params} of the checkpoint at step {int(state.step)}")
   return train.model_variables(getattr(state, config.eval.params), state.batch_stats)
 
 
@@ -343,6 +344,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         mask_tau=config.loss.valid_mask_tau)
   out_dir = os.path.join(workdir, EVAL_DIR, e.benchmark)
   scores = {m: Scores(e.pck_thresholds) for m in (*methods, "trivial")}
+  began = time.time()
   for index, name in enumerate(names):
     video = load(name)
     for method, variables in methods.items():
@@ -352,7 +354,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if method == "trained":
         write_predictions(out_dir, video, predictions, overlay=index < e.overlays)
     scores["trivial"].add(name, evaluate_trivial(video, tasks, e))
-    logging.info("evaluated %s (%d/%d)", name, index + 1, len(names))
+    eta = (time.time() - began) / (index + 1) * (len(names) - index - 1)
+    console.say(f"evaluated {name} ({index + 1}/{len(names)}) | ETA {eta / 60:.1f} min")
   summary = {m: s.summary() for m, s in scores.items()}
   _report(summary, scores, out_dir, e, len(names), root)
   return summary
@@ -398,3 +401,4 @@ def _report(summary, scores, out_dir, e, count, root) -> None:
     print(f"{labels[method]:12s} " + " ".join(f"{row[k]:10.3f}" for k in keys))
   print("* trivial: whole frame as one object (discovery); frame 0's labels or keypoints "
         "copied to every frame (propagation)")
+  print(f"results in {out_dir}: results.csv, per_video.csv and the trained model's predictions")
