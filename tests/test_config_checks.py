@@ -114,6 +114,16 @@ def test_mode_and_workdir_requirements():
       "workdir gs://bucket/run is remote: data.source='synthetic' needs a local data.path"]
 
 
+def test_the_tfds_source_without_tensorflow_datasets_says_how_to_install_it(monkeypatch):
+  config = _config()
+  config.data.source = "tfds"
+  assert config_checks.problems(config, "train", "/tmp/w") == []  # dev installs TFDS
+  monkeypatch.setattr(config_checks.importlib.util, "find_spec",
+                      lambda name: None if name == "tensorflow_datasets" else object())
+  assert config_checks.problems(config, "train", "/tmp/w") == [
+      "data.source='tfds' needs tensorflow-datasets: pip install -e '.[tfds]'"]
+
+
 def test_a_bad_option_stops_main_before_anything_is_built_or_written(tmp_path):
   workdir = tmp_path / "run"
   proc = subprocess.run(
