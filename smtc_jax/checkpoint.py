@@ -2,18 +2,23 @@
 from the latest, the weights alone (export, evaluation), and init from a params
 checkpoint (an export, or a converted PyTorch model)."""
 
+import json
 import os
 
 from absl import logging
 import flax
 import grain
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from smtc_jax import console
+
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "export"
+UNREADABLE = "unreadable"  # suffix of a checkpoint folder set aside: <step>.unreadable
 
 
 def is_remote(path: str) -> bool:
@@ -32,35 +37,117 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Checkpo
   return ocp.CheckpointManager(_resolve(os.path.join(workdir, CHECKPOINT_DIR)), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iter, *, every: int,
-         force: bool = False) -> bool:
-  """Save state and data iterator every `every` steps, or when forced."""
-  if not (force or step % every == 0):
-    return False
-  return manager.save(step, args=ocp.args.Composite(
+def save(manager: ocp.CheckpointManager, step: int, state, data_iter) -> None:
+  """Save state and data iterator as checkpoint `step` (the loop decides when).
+  Orbax writes into `<step>.orbax-checkpoint-tmp` and renames it when complete,
+  so a save killed half-way never shadows the previous checkpoint."""
+  manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)),
-                      force=force)
+               force=True)
 
 
-def restore_latest(manager: ocp.CheckpointManager, state, data_iter=None):
-  """(state, data_iter) from the latest checkpoint, or the given ones if there is
-  none. Without `data_iter` only the state is read."""
-  step = manager.latest_step()
-  if step is None:
-    return state, data_iter
-  logging.info("resuming from %s step %d", manager.directory, step)
+def restore_latest(manager: ocp.CheckpointManager, state, data_iter=None, *,
+                   set_aside: bool = False):
+  """(state, data_iter) from the newest checkpoint that reads back, or the given
+  ones if there is none. Without `data_iter` only the state is read.
+
+  A newer checkpoint that does not read back (damaged array files, a half-copied
+  folder, a damaged iterator file) gets one warning line naming its step and
+  why; with `set_aside` (training, which will write that step again) its folder
+  is renamed to `<step>.unreadable`. Nothing is deleted. If no checkpoint reads
+  back, nothing is renamed and the error names every step: a config that does
+  not fit the checkpoints fails on all of them, and setting them all aside
+  would silently restart the run.
+  """
+  found = _newest_readable(manager, lambda step: _restore_step(manager, step, state, data_iter),
+                           set_aside=set_aside)
+  return (state, data_iter) if found is None else found[1]
+
+
+def _newest_readable(manager: ocp.CheckpointManager, restore, *, set_aside: bool):
+  """(step, restore(step)) of the newest step that reads back on every process,
+  None if there is no step; newer unreadable steps are reported (and set aside,
+  see restore_latest); if none reads back, a ValueError names every step."""
+  failures = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored, error = restore(step), None
+    except Exception as e:  # pylint: disable=broad-except  # any damage; reported below
+      logging.info("checkpoint step %d does not read back", step, exc_info=e)  # log file only
+      restored, error = None, e
+    if not _on_every_process(error is None):
+      failures.append((step, console.reason(error) if error else "unreadable on another process"))
+      continue
+    for bad, why in failures:
+      _report_unreadable(manager, bad, why, step, set_aside)
+    if failures and set_aside:
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("smtc_jax: unreadable checkpoints set aside")
+      manager.reload()
+    return step, restored
+  if failures:
+    listed = "; ".join(f"step {step}: {why}" for step, why in failures)
+    raise ValueError(f"no checkpoint in {manager.directory} reads back ({listed}). If the config "
+                     f"changed since they were written, run with the one they were written with "
+                     f"(config.json); to start afresh, move the folder away")
+  return None
+
+
+def _restore_step(manager: ocp.CheckpointManager, step: int, state, data_iter):
+  """(state, data_iter) of one checkpoint step; raises whatever its files raise."""
+  logging.info("restoring %s step %d", manager.directory, step)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   items = {"state": ocp.args.StandardRestore(abstract)}
-  same_layout = data_iter is not None and _data_state_file(manager, step).exists()
+  data_file = _data_state_file(manager, step)
+  same_layout = data_iter is not None and data_file.exists()
   if same_layout:
+    _check_json(data_file)
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   if data_iter is not None and not same_layout:
-    _position_iterator(data_iter, step, _data_state_file(manager, step))
+    _position_iterator(data_iter, step, data_file)
   return restored["state"], restored.get("data", data_iter)
 
 
-def _data_state_file(manager: ocp.CheckpointManager, step: int) -> str:
+def _check_json(path) -> None:
+  """Raise naming the file if grain's iterator state is not valid JSON."""
+  try:
+    json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path} is damaged ({e})") from None
+
+
+def _on_every_process(ok: bool) -> bool:
+  """True if `ok` holds on every process (all restore the same step or none)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def _report_unreadable(manager: ocp.CheckpointManager, step: int, why: str, resumed: int,
+                       set_aside: bool) -> None:
+  """One warning line; with `set_aside`, process 0 renames the step's folder."""
+  if set_aside and jax.process_index() == 0:
+    logging.warning("checkpoint step %d does not read back (%s): moved to %s; resuming from "
+                    "step %d", step, why, _set_aside(manager, step), resumed)
+  else:
+    logging.warning("checkpoint step %d (%s) does not read back (%s); using step %d", step,
+                    manager.directory / str(step), why, resumed)
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Rename a step's folder to `<step>.unreadable` (`.1`, `.2`, ... if taken),
+  which Orbax does not take for a step; returns the new path."""
+  target = manager.directory / f"{step}.{UNREADABLE}"
+  copy = 0
+  while target.exists():
+    copy += 1
+    target = manager.directory / f"{step}.{UNREADABLE}.{copy}"
+  (manager.directory / str(step)).rename(target)
+  return str(target)
+
+
+def _data_state_file(manager: ocp.CheckpointManager, step: int):
   """grain's iterator state file of this process for a checkpoint step."""
   name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
   return manager.directory / str(step) / "data" / name
@@ -104,23 +191,27 @@ def latest_step(workdir: str) -> int | None:
 
 
 def latest_weights(workdir: str, abstract_variables) -> dict | None:
-  """The weights_of() tree of the workdir's latest checkpoint as numpy arrays,
-  None without one. Only those leaves are read (Orbax partial restore): no
-  optimizer state, data iterator or init.checkpoint. abstract_variables: the
-  model's variables as shapes ({'params'} and 'batch_stats' if any)."""
-  step = latest_step(workdir)
-  if step is None:
+  """The weights_of() tree of the workdir's newest readable checkpoint as numpy
+  arrays (newer unreadable ones get a warning line), None without one. Only
+  those leaves are read (Orbax partial restore): no optimizer state, data
+  iterator or init.checkpoint. abstract_variables: the model's variables as
+  shapes ({'params'} and 'batch_stats' if any)."""
+  if latest_step(workdir) is None:
     return None
   target = {"params": abstract_variables["params"], "ema_params": abstract_variables["params"],
             "step": jax.ShapeDtypeStruct((), np.int32)}
   if abstract_variables.get("batch_stats"):
     target["batch_stats"] = abstract_variables["batch_stats"]
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+  args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=target, restore_args=restore_args, partial_restore=True))
   manager = ocp.CheckpointManager(_resolve(os.path.join(workdir, CHECKPOINT_DIR)))
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=target, restore_args=restore_args, partial_restore=True)))
-  manager.close()
-  return restored["state"]
+  try:
+    found = _newest_readable(manager, lambda step: manager.restore(step, args=args)["state"],
+                             set_aside=False)
+  finally:
+    manager.close()
+  return None if found is None else found[1]
 
 
 def export_params_tree(tree, directory: str) -> str:

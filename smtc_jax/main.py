@@ -1,11 +1,17 @@
 """The one entry point:
 
-  python -m smtc_jax.main --config configs/X.py --workdir DIR [--mode train|export]
-                          [--config.section.field=value ...]
+  python -m smtc_jax.main --config configs/X.py --workdir DIR [--mode train|export|eval]
+                          [--config.section.field=value ...] [--alsologtostderr]
 
-train: trains (resuming from DIR's latest checkpoint); export: writes the latest
-checkpoint's student and teacher parameters to DIR/export (or --export_dir);
+train: trains (resuming from DIR's newest readable checkpoint); export: writes the
+latest checkpoint's student and teacher parameters to DIR/export (or --export_dir);
 eval: object discovery and label propagation with baselines (smtc_jax/evaluation).
+
+The config is checked first (config_checks.py), before anything is built or
+written. The console shows the run's own lines, warnings and one line per error;
+the full log (library records, tracebacks) goes to <logdir>/<mode>.log, and to
+the console as well with --alsologtostderr. A training job holds the workdir's
+lock; at SIGTERM it checkpoints the current step and exits with status 143.
 """
 
 import os
@@ -30,7 +36,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run_export(config, workdir: str, export_dir: str | None) -> None:
   """Weights-only export (student, teacher, step) of the latest checkpoint."""
-  from smtc_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from smtc_jax import checkpoint, console  # pylint: disable=g-import-not-at-top
   from smtc_jax.models import smtc  # pylint: disable=g-import-not-at-top
   abstract = smtc.abstract_variables(config, smtc.build_model(config))
   weights = checkpoint.latest_weights(workdir, abstract)
@@ -38,7 +44,18 @@ def run_export(config, workdir: str, export_dir: str | None) -> None:
     raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}")
   out = checkpoint.export_params_tree(weights, export_dir or
                                       os.path.join(workdir, checkpoint.EXPORT_DIR))
-  print(f"exported step {int(weights['step'])} to {out}")
+  console.say(f"exported step {int(weights['step'])} to {out}")
+
+
+def run(config, mode: str, workdir: str) -> None:
+  if mode == "train":
+    from smtc_jax import train  # pylint: disable=g-import-not-at-top
+    train.train_and_evaluate(config, workdir)
+  elif mode == "export":
+    run_export(config, workdir, FLAGS.export_dir)
+  elif mode == "eval":
+    from smtc_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+    evaluate.evaluate(config, workdir)
 
 
 def parse_flags(argv):
@@ -54,18 +71,37 @@ def parse_flags(argv):
 
 def main(argv):
   del argv
-  config = FLAGS.config
-  from smtc_jax import sharding  # pylint: disable=g-import-not-at-top
+  config, mode, workdir = FLAGS.config, FLAGS.mode, FLAGS.workdir
+  # pylint: disable=g-import-not-at-top
+  from smtc_jax import config_checks
+  try:
+    config_checks.validate(config, mode, workdir)
+  except config_checks.ConfigError as e:
+    sys.exit("\n".join(f"error: {line}" for line in str(e).splitlines()))
+  import jax
+  from smtc_jax import checkpoint, console, preemption, sharding, train, workdir_lock
+  # pylint: enable=g-import-not-at-top
+  console.start(verbose=FLAGS.alsologtostderr or FLAGS.logtostderr)
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  logdir = train.log_dir(config, workdir)
+  lock = None  # held while this process lives
+  if mode == "train" and jax.process_index() == 0:
+    try:
+      lock = workdir_lock.acquire(logdir if checkpoint.is_remote(workdir) else workdir)
+    except workdir_lock.WorkdirBusy as e:
+      sys.exit(f"error: {e}")
+  log_file = console.to_file(logdir, mode)
+  console.say(f"smtc_jax {mode}: workdir {workdir}; full log in {log_file}")
   logging.info("config:\n%s", config)
-  if FLAGS.mode == "train":
-    from smtc_jax import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, FLAGS.workdir)
-  elif FLAGS.mode == "export":
-    run_export(config, FLAGS.workdir, FLAGS.export_dir)
-  elif FLAGS.mode == "eval":
-    from smtc_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
-    evaluate.evaluate(config, FLAGS.workdir)
+  try:
+    run(config, mode, workdir)
+  except preemption.Preempted as e:
+    console.say(str(e))
+    sys.exit(preemption.EXIT_CODE)
+  except Exception as e:  # pylint: disable=broad-except  # one line here, traceback in the log
+    logging.error("%s (traceback in %s)", console.reason(e), log_file, exc_info=e)
+    sys.exit(1)
+  del lock
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import os
 import time
 from typing import Any
 
-from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -16,7 +15,9 @@ import numpy as np
 import optax
 
 from smtc_jax import checkpoint
+from smtc_jax import console
 from smtc_jax import losses
+from smtc_jax import preemption
 from smtc_jax import sharding
 from smtc_jax.data import pipeline
 from smtc_jax.models import smtc
@@ -326,8 +327,33 @@ def save_config(config, logdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2))
 
 
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  """True if every float in `tree` (a whole TrainState) is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves))
+
+
+def check_finite(step: int, scalars: dict[str, float], state, last_saved: int | None,
+                 directory) -> None:
+  """Stop before a non-finite loss is logged or a non-finite state is saved;
+  `state` is None on steps that log without saving."""
+  bad = [f"{k} {v}" for k, v in scalars.items() if not np.isfinite(v)]
+  if state is not None and not bool(all_finite(state)):
+    bad.append("parameters or optimizer state")
+  if not bad:
+    return
+  last = (f"the last good checkpoint is step {last_saved} ({directory}/{last_saved})"
+          if last_saved is not None else f"there is no checkpoint in {directory} yet")
+  raise FloatingPointError(f"non-finite values at step {step} ({', '.join(bad)}): not "
+                           f"checkpointed; {last}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Train (resuming from the workdir's latest checkpoint); returns the last metrics."""
+  """Train (resuming from the workdir's newest readable checkpoint); returns the
+  last metrics. At a preemption notice (SIGTERM) it saves the current step and
+  raises preemption.Preempted."""
   mesh = sharding.make_mesh()
   sharding.check_batch_divisible(config.data.batch_size, mesh)
   microbatches = microbatches_per_step(config, mesh)  # a bad size fails before anything is built
@@ -342,31 +368,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_iter = pipeline.make_iterator(dataset, config.data.num_workers, config.data.prefetch)
   model, optimizer, state, state_sharding = build(config, mesh)
   manager = checkpoint.make_manager(workdir, config)
-  state, data_iter = checkpoint.restore_latest(manager, state, data_iter)
-  start = int(state.step)
+  state, data_iter = checkpoint.restore_latest(manager, state, data_iter, set_aside=True)
   steps = compile_train_steps(config, model, optimizer, mesh, state_sharding)
   writer = MetricWriter(logdir)
+  watch = preemption.Watch()
+  start, t = int(state.step), config.train
+  console.say(f"data: {source}")
+  console.say(f"{'resuming at' if start else 'starting at'} step {start} of {t.num_steps} on "
+              f"{jax.device_count()} device(s) ({microbatches} micro-batch(es) a step); a progress "
+              f"line every {t.log_every} steps, "
+              f"checkpoints every {t.checkpoint_every} in {manager.directory}")
+  try:
+    scalars = train_loop(config, state, data_iter, steps, mesh, manager, writer, watch)
+  finally:
+    watch.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+  console.say(f"done: step {t.num_steps}; checkpoints in {manager.directory}, metrics in "
+              f"{os.path.join(logdir, 'metrics.jsonl')} and {os.path.join(logdir, 'tensorboard')}")
+  return scalars
+
+
+def train_loop(config, state, data_iter, steps, mesh, manager, writer, watch) -> dict[str, float]:
+  """The steps from the state's to train.num_steps: log, check, checkpoint.
+  `steps` maps encoder_frozen -> step function (compile_train_steps); a
+  checkpoint step checks the whole state, a log step the metrics, so no
+  non-finite state is ever saved and no non-finite loss is logged."""
   t = config.train
-  logging.info("training %d videos from step %d to %d on %d devices, %d micro-batches a step",
-               len(source), start, t.num_steps, jax.device_count(), microbatches)
+  start = int(state.step)
+  last_saved = start or None  # a resumed state is its checkpoint's
   scalars, tick, tick_step = {}, time.time(), start
   for step in range(start, t.num_steps):
     batch = sharding.global_batch(next(data_iter), mesh)
     state, metrics = steps[encoder_frozen(config, step)](state, batch)
     done = step + 1
-    if done % t.log_every == 0 or done == t.num_steps:
+    preempted = watch.reached(done) and done < t.num_steps  # reached() runs every step
+    log_now = done % t.log_every == 0 or done == t.num_steps
+    save_now = done % t.checkpoint_every == 0 or done == t.num_steps or preempted
+    if log_now or save_now:
       scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not np.isfinite(scalars["loss"]):
-        raise FloatingPointError(f"non-finite loss at step {done}: {scalars}")
+      check_finite(done, scalars, state if save_now else None, last_saved, manager.directory)
+    if log_now:
       rate = (done - tick_step) / (time.time() - tick)
       scalars["steps_per_sec"] = rate
       tick, tick_step = time.time(), done
       writer.write(done, scalars)
-      if jax.process_index() == 0:
-        print(progress_line(done, t.num_steps, scalars, rate), flush=True)
-    checkpoint.save(manager, done, state, data_iter, every=t.checkpoint_every,
-                    force=done == t.num_steps)
-  manager.wait_until_finished()
-  manager.close()
-  writer.close()
+      console.say(progress_line(done, t.num_steps, scalars, rate))
+    if save_now:
+      checkpoint.save(manager, done, state, data_iter)
+      last_saved = done
+    if preempted:
+      manager.wait_until_finished()
+      raise preemption.Preempted(f"preempted (SIGTERM) at step {done}: saved "
+                                 f"{manager.directory}/{done}; the same command resumes from it")
   return scalars

@@ -174,22 +174,68 @@ def test_iterator_state_restores_the_same_next_batch(synthetic_root):
   np.testing.assert_array_equal(next(resumed)["student"], expected["student"])
 
 
+def _write_frames(folder, sizes):
+  """JPEG frames of the given (height, width) sizes, 00000.jpg, 00001.jpg, ..."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder.mkdir(parents=True, exist_ok=True)
+  for i, (h, w) in enumerate(sizes):
+    Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(folder / f"{i:05d}.jpg")
+
+
 def test_bad_inputs_give_errors_that_name_the_file(tmp_path, synthetic_root):
   with pytest.raises(FileNotFoundError, match="nowhere"):
     sources.FrameFolderSource(str(tmp_path / "nowhere"), "davis", "train", 3)
-  # Too-short videos are skipped and counted; none usable is an error.
-  with pytest.raises(ValueError, match="no video has the 17 frames"):
+  # None usable is an error naming the folder and the count.
+  with pytest.raises(ValueError, match="no video has the 17 frames.*6 skipped of 6"):
     sources.FrameFolderSource(synthetic_root, "davis", "train", SMALL.num_frames + 1)
+  # A .jpg that is not an image: the error names the file.
   root = tmp_path / "yt"
-  for name, count in [("long", 5), ("short", 2)]:
-    folder = root / "train" / "JPEGImages" / name
-    folder.mkdir(parents=True)
-    for i in range(count):
-      (folder / f"{i:05d}.jpg").write_bytes(b"not a jpeg")
+  folder = root / "train" / "JPEGImages" / "broken"
+  folder.mkdir(parents=True)
+  for i in range(5):
+    (folder / f"{i:05d}.jpg").write_bytes(b"not a jpeg")
   source = sources.FrameFolderSource(str(root), "youtube_vos", "train", 4)
-  assert len(source) == 1 and source.skipped == ["short"]
-  with pytest.raises(ValueError, match="00001.jpg|00000.jpg"):
+  with pytest.raises(ValueError, match=r"cannot read frame .*broken/0000\d.jpg"):
     pipeline.SampleClip(_spec(num_frames=4, gap=1)).random_map(source[0], np.random.default_rng(0))
+
+
+def test_a_frame_of_another_size_is_an_error_naming_the_file(tmp_path):
+  folder = tmp_path / "yt" / "train" / "JPEGImages" / "mixed"
+  _write_frames(folder, [(40, 48), (40, 48), (36, 48)])
+  source = sources.FrameFolderSource(str(tmp_path / "yt"), "youtube_vos", "train", 3)
+  with pytest.raises(ValueError) as error:
+    pipeline.SampleClip(_spec(num_frames=3, gap=1)).random_map(source[0], np.random.default_rng(0))
+  assert str(error.value) == (
+      f"{folder / '00002.jpg'} is 48x36, but {folder / '00000.jpg'} of the same video is 48x40: "
+      f"all frames of a video must have one size")
+
+
+def test_skipped_videos_and_ignored_files_are_counted_in_one_line_each(tmp_path, caplog):
+  root = tmp_path / "davis"
+  images = root / "JPEGImages" / "480p"
+  _write_frames(images / "good", [(32, 32)] * 4)
+  (images / "good" / "notes.txt").write_text("not a frame")
+  _write_frames(images / "short", [(32, 32)] * 2)
+  (images / "empty").mkdir()
+  (root / "ImageSets" / "2017").mkdir(parents=True)
+  (root / "ImageSets" / "2017" / "train.txt").write_text("good\nshort\nempty\nmissing\n")
+  source = sources.FrameFolderSource(str(root), "davis", "train", 3)
+  assert [v["name"] for v in source.videos] == ["good"]
+  list_file = root / "ImageSets" / "2017" / "train.txt"
+  assert dict(source.skipped) == {
+      f"listed in {list_file} without a folder": [str(images / "missing")],
+      "empty folder (no frames)": [str(images / "empty")],
+      "fewer than the 3 frames a clip needs": [str(images / "short")]}
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert sorted(warnings) == sorted([
+      f"{images}: skipped 1 of 4 videos: listed in {list_file} without a folder "
+      f"(e.g. {images / 'missing'})",
+      f"{images}: skipped 1 of 4 videos: empty folder (no frames) (e.g. {images / 'empty'})",
+      f"{images}: skipped 1 of 4 videos: fewer than the 3 frames a clip needs "
+      f"(e.g. {images / 'short'})",
+      f"{images}: ignored 1 files that are not .jpg/.jpeg/.png/.bmp frames "
+      f"(e.g. {images / 'good' / 'notes.txt'})"])
+  assert repr(source) == f"1 videos of {images} (3 skipped, see the warnings)"
 
 
 def _prepare_tfds_videos(data_dir: str, lengths) -> None:
@@ -217,15 +263,56 @@ def _prepare_tfds_videos(data_dir: str, lengths) -> None:
   SmtcTestVideos(data_dir=data_dir, file_format="array_record").download_and_prepare()
 
 
-def test_tfds_source_reads_a_prepared_builder_and_feeds_the_pipeline(tmp_path):
-  data_dir = str(tmp_path / "tfds")
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  """A prepared TFDS builder of videos of 6, 2, 5 and 8 frames."""
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
   _prepare_tfds_videos(data_dir, lengths=[6, 2, 5, 8])
-  source = sources.tfds_source("smtc_test_videos", "train", data_dir, min_frames=3)
-  assert len(source) == 3 and source.skipped == 1  # the 2-frame video
-  assert sorted(len(v["frames"]) for v in source.videos) == [5, 6, 8]
-  assert all(v["frames"].dtype == np.uint8 and v["frames"].shape[1:] == (24, 24, 3)
-             for v in source.videos)
+  return data_dir
+
+
+def test_tfds_source_streams_videos_and_counts_the_short_ones(tfds_dir, monkeypatch, caplog):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  reads = []
+
+  class CountingSource:
+    """TFDS's random-access source, recording which examples are read."""
+
+    def __init__(self, inner):
+      self.inner = inner
+
+    def __len__(self):
+      return len(self.inner)
+
+    def __getitem__(self, index):
+      reads.append(index)
+      return self.inner[index]
+
+  real = tfds.data_source
+  stored = real("smtc_test_videos", split="train", data_dir=tfds_dir)
+  lengths = [len(stored[i]["video"]["frames"]) for i in range(4)]  # TFDS shuffled them
+  short = lengths.index(2)
+  monkeypatch.setattr(tfds, "data_source", lambda *a, **k: CountingSource(real(*a, **k)))
+  source = sources.TfdsVideoSource("smtc_test_videos", "train", tfds_dir, min_frames=3)
+  assert reads == [0]  # start-up reads one example (the frames key), not the dataset
+  assert len(source) == 4
+  # The 2-frame video is replaced by the next long-enough one and counted.
+  video = source[short]
+  after = (short + 1) % 4
+  assert video["name"] == f"smtc_test_videos/train/{after}"
+  assert video["frames"].shape == (lengths[after], 24, 24, 3)
+  assert any(f"skipped example {short}: 2 frames, fewer than the 3 a clip needs" in r.getMessage()
+             for r in caplog.records)
+  reads.clear()
   batch = pipeline.build_dataset(source, _spec(), seed=0, global_batch=2)[0]
   assert batch["student"].shape == (2, 3, 32, 32, 3)
-  with pytest.raises(KeyError, match="video/pixels"):
-    sources.tfds_source("smtc_test_videos", "train", data_dir, 3, frames_key="video/pixels")
+  assert len(reads) <= 3  # the batch's two videos (and a short one's replacement)
+
+
+def test_tfds_source_with_the_wrong_frames_key_names_it_at_start_up(tfds_dir):
+  with pytest.raises(ValueError) as error:
+    sources.TfdsVideoSource("smtc_test_videos", "train", tfds_dir, 3, frames_key="video/pixels")
+  assert str(error.value) == (
+      f"TFDS smtc_test_videos[train] in {tfds_dir}: examples have no feature "
+      f"data.tfds_frames_key='video/pixels' (features: ['video/frames'])")

@@ -1,14 +1,19 @@
 """Two local processes (CPU, 2 simulated devices each, coordinator on localhost)
-train like one process with 4 devices, and their checkpoint resumes in one process."""
+train like one process with 4 devices, their checkpoint resumes in one process,
+and a SIGTERM to one of them stops both at the same step with one checkpoint."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+
+from smtc_jax.data import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,3 +87,34 @@ def test_two_processes_match_one_process_and_their_checkpoint_resumes_in_one(tmp
   print("resumed", after)
   for step in (4, 5):
     np.testing.assert_allclose(after[step], reference[step], rtol=5e-3, err_msg=f"step {step}")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step_with_one_checkpoint(tmp_path):
+  data = tmp_path / "data"  # generated once here: two processes would race to write it
+  synthetic.ensure_synthetic_davis(str(data), synthetic.SyntheticSpec(
+      num_train=4, num_val=1, size=48, num_frames=12))
+  workdir = tmp_path / "run"
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _command(workdir, data, 1000) + ["--config.train.checkpoint_every=500",
+                                       f"--coordinator_address=localhost:{port}",
+                                       "--num_processes=2", f"--process_id={i}"],
+      env=_env(2), cwd=REPO, stdout=open(tmp_path / f"out{i}", "w"), stderr=subprocess.STDOUT)
+           for i in range(2)]
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 900
+  while not (metrics.exists() and max(_losses(workdir), default=0) >= 2):
+    assert all(p.poll() is None for p in procs) and time.time() < deadline
+    time.sleep(0.1)
+  procs[1].send_signal(signal.SIGTERM)  # the notice reaches one process only
+  for proc in procs:
+    proc.wait(timeout=900)
+  assert [p.returncode for p in procs] == [143, 143]
+  step = max(_losses(workdir))
+  assert os.listdir(workdir / "checkpoints") == [str(step)]  # both saved the same step
+  assert sorted(os.listdir(workdir / "checkpoints" / str(step) / "data")) == [
+      "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+  line = f"preempted (SIGTERM) at step {step}: saved {workdir}/checkpoints/{step}"
+  assert line in (tmp_path / "out0").read_text()
+  assert line in (workdir / "train.process_1.log").read_text()

@@ -183,18 +183,22 @@ class SampleClip(grain.transforms.RandomMap):
     self.spec = spec
 
   def _frames(self, video, indices):
+    """[(where, (H, W, 3) uint8)]: the file (or video and index) and its pixels."""
     frames = video["frames"]
     if isinstance(frames, np.ndarray):
-      return [frames[i] for i in indices]
-    return [sources.load_frame(frames[i]) for i in indices]
+      return [(f"{video['name']} frame {i}", frames[i]) for i in indices]
+    return [(frames[i], sources.load_frame(frames[i])) for i in indices]
 
   def random_map(self, video, rng):
     spec = self.spec
     indices = clip_indices(len(video["frames"]), spec.num_frames, spec.gap, rng)
-    frames = self._frames(video, indices)
-    height, width = frames[0].shape[:2]
-    if any(f.shape[:2] != (height, width) for f in frames):
-      raise ValueError(f"video {video['name']}: frames of different sizes")
+    named = self._frames(video, indices)
+    (first, frame0), frames = named[0], [f for _, f in named]
+    height, width = frame0.shape[:2]
+    for where, f in named:
+      if f.shape[:2] != (height, width):
+        raise ValueError(f"{where} is {f.shape[1]}x{f.shape[0]}, but {first} of the same video is "
+                         f"{width}x{height}: all frames of a video must have one size")
     top, left, h, w = (random_crop_box(height, width, spec.crop_scale, spec.crop_ratio, rng)
                        if spec.random_crop else (0, 0, height, width))
     out_h, out_w = spec.resolution
@@ -208,22 +212,19 @@ class SampleClip(grain.transforms.RandomMap):
 
 
 def make_source(config: ml_collections.ConfigDict, workdir: str):
-  """The training video source named by config.data.source."""
+  """The training video source named by config.data.source (checked at start-up
+  by config_checks)."""
   d = config.data
   if d.source == "synthetic":
-    if not d.path and "://" in workdir:
-      raise ValueError("data.source='synthetic' with a remote workdir needs a local data.path")
     root = d.path or os.path.join(workdir, "synthetic_data")
     spec = synthetic.SyntheticSpec(**d.synthetic.to_dict())
     synthetic.ensure_synthetic_davis(root, spec)
     return sources.FrameFolderSource(root, "davis", d.split, d.num_frames)
   if d.source == "frames":
-    if not d.path:
-      raise ValueError("data.source='frames' needs data.path (a DAVIS or YouTube-VOS folder)")
     return sources.FrameFolderSource(d.path, d.layout, d.split, d.num_frames)
   if d.source == "tfds":
-    return sources.tfds_source(d.tfds_name, d.split, d.tfds_data_dir or None, d.num_frames,
-                               d.tfds_frames_key)
+    return sources.TfdsVideoSource(d.tfds_name, d.split, d.tfds_data_dir or None, d.num_frames,
+                                   d.tfds_frames_key)
   raise ValueError(f"data.source must be 'synthetic', 'frames' or 'tfds', got {d.source!r}")
 
 

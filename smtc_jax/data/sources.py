@@ -1,14 +1,18 @@
 """Video sources: frame folders in the DAVIS / YouTube-VOS layouts, and TFDS.
 
 A source is a grain random-access data source whose records are videos:
-{'name': str, 'frames': list of JPEG paths} (frame folders) or
-{'name': str, 'frames': (F, H, W, 3) uint8} (TFDS). Videos too short for a clip
-are skipped with a warning count; no usable video is an error naming the folder.
+{'name': str, 'frames': list of image paths} (frame folders) or
+{'name': str, 'frames': (F, H, W, 3) uint8} (TFDS, read one video at a time).
+A video that cannot give a clip (too few frames, an empty folder, a listed
+folder that is missing) is skipped and counted in a warning line that names
+one; no usable video is an error naming the folder. A file that cannot be
+read as a frame is an error naming it.
 """
 
+import collections
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any
 
 from absl import logging
 import numpy as np
@@ -36,8 +40,14 @@ def layout_for(name: str, split: str) -> VideoFolderLayout:
 
 
 def list_frames(folder: str) -> list[str]:
-  return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                if f.lower().endswith(IMAGE_EXTENSIONS))
+  return frames_and_others(folder)[0]
+
+
+def frames_and_others(folder: str) -> tuple[list[str], list[str]]:
+  """(frame image paths, other entries) of a video folder, sorted."""
+  paths = [os.path.join(folder, f) for f in sorted(os.listdir(folder))]
+  frames = [p for p in paths if p.lower().endswith(IMAGE_EXTENSIONS)]
+  return frames, [p for p in paths if not p.lower().endswith(IMAGE_EXTENSIONS)]
 
 
 def load_frame(path: str) -> np.ndarray:
@@ -47,6 +57,17 @@ def load_frame(path: str) -> np.ndarray:
       return np.asarray(image.convert("RGB"))
   except (OSError, ValueError) as e:
     raise ValueError(f"cannot read frame {path}: {e}") from e
+
+
+def _video_names(root: str, image_root: str, spec: VideoFolderLayout) -> list[str]:
+  """The videos of the split: those the list file names, or every folder."""
+  if spec.list_file is None:
+    return sorted(d for d in os.listdir(image_root) if os.path.isdir(os.path.join(image_root, d)))
+  list_path = os.path.join(root, spec.list_file)
+  if not os.path.isfile(list_path):
+    raise FileNotFoundError(f"video list {list_path} does not exist")
+  with open(list_path) as f:
+    return [line.strip() for line in f if line.strip()]
 
 
 class FrameFolderSource:
@@ -59,30 +80,34 @@ class FrameFolderSource:
     image_root = os.path.join(root, spec.image_dir)
     if not os.path.isdir(image_root):
       raise FileNotFoundError(f"{image_root} does not exist: is {root} a {layout} folder?")
-    if spec.list_file is None:
-      names = sorted(d for d in os.listdir(image_root) if os.path.isdir(os.path.join(image_root, d)))
-    else:
-      list_path = os.path.join(root, spec.list_file)
-      if not os.path.isfile(list_path):
-        raise FileNotFoundError(f"video list {list_path} does not exist")
-      with open(list_path) as f:
-        names = [line.strip() for line in f if line.strip()]
-    self.videos, self.skipped = [], []
+    names = _video_names(root, image_root, spec)
+    self.origin = image_root
+    self.videos = []
+    self.skipped = collections.defaultdict(list)  # why -> folders
+    ignored = []  # files in video folders that are not frames
     for name in names:
       folder = os.path.join(image_root, name)
       if not os.path.isdir(folder):
-        raise FileNotFoundError(f"video {name} listed in {spec.list_file} has no folder {folder}")
-      frames = list_frames(folder)
-      if len(frames) < min_frames:
-        self.skipped.append(name)
+        self.skipped[f"listed in {os.path.join(root, spec.list_file)} without a folder"].append(
+            folder)
+        continue
+      frames, others = frames_and_others(folder)
+      ignored += others
+      if not frames:
+        self.skipped["empty folder (no frames)"].append(folder)
+      elif len(frames) < min_frames:
+        self.skipped[f"fewer than the {min_frames} frames a clip needs"].append(folder)
       else:
         self.videos.append({"name": name, "frames": frames})
-    if self.skipped:
-      logging.warning("%s: skipped %d videos with fewer than %d frames (e.g. %s)",
-                      image_root, len(self.skipped), min_frames, self.skipped[0])
+    for why, folders in self.skipped.items():
+      logging.warning("%s: skipped %d of %d videos: %s (e.g. %s)", image_root, len(folders),
+                      len(names), why, folders[0])
+    if ignored:
+      logging.warning("%s: ignored %d files that are not %s frames (e.g. %s)", image_root,
+                      len(ignored), "/".join(IMAGE_EXTENSIONS), ignored[0])
     if not self.videos:
       raise ValueError(f"{image_root}: no video has the {min_frames} frames a clip needs "
-                       f"({len(self.skipped)} skipped)")
+                       f"({sum(map(len, self.skipped.values()))} skipped of {len(names)})")
 
   def __len__(self) -> int:
     return len(self.videos)
@@ -91,43 +116,67 @@ class FrameFolderSource:
     return self.videos[index]
 
   def __repr__(self) -> str:
-    return f"FrameFolderSource({len(self.videos)} videos)"
+    skipped = sum(map(len, self.skipped.values()))
+    return (f"{len(self.videos)} videos of {self.origin}"
+            + (f" ({skipped} skipped, see the warnings)" if skipped else ""))
 
 
-class ArrayVideoSource:
-  """Videos already in memory, e.g. read from a TFDS video builder."""
+class TfdsVideoSource:
+  """Videos of a prepared TFDS builder, read one at a time through TFDS's
+  random-access data source (ArrayRecord files): a YouTube-VOS-sized builder
+  streams instead of filling memory.
 
-  def __init__(self, videos: Sequence[dict[str, Any]], min_frames: int, origin: str):
-    self.videos = [v for v in videos if len(v["frames"]) >= min_frames]
-    self.skipped = len(videos) - len(self.videos)
-    if self.skipped:
-      logging.warning("%s: skipped %d videos with fewer than %d frames", origin, self.skipped,
-                      min_frames)
-    if not self.videos:
-      raise ValueError(f"{origin}: no video has the {min_frames} frames a clip needs")
+  Video lengths are only known once a video is read, so a video too short for a
+  clip is found at read time: it is replaced by the next long-enough video (a
+  function of the index alone, so batches stay deterministic) and counted in a
+  warning line naming it, once per reading process.
+  """
+
+  def __init__(self, name: str, split: str, data_dir: str | None, min_frames: int,
+               frames_key: str = "video/frames"):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    self.origin = f"TFDS {name}[{split}]" + (f" in {data_dir}" if data_dir else "")
+    self.dataset = tfds.data_source(name, split=split, data_dir=data_dir)
+    self.name, self.split, self.frames_key, self.min_frames = name, split, frames_key, min_frames
+    self.short = set()  # indices found too short in this process
+    if not len(self.dataset):
+      raise ValueError(f"{self.origin} has no examples")
+    self.frames(0)  # a wrong frames key fails here, naming it, not in the first batch
+
+  def frames(self, index: int) -> np.ndarray:
+    """(F, H, W, 3) uint8 frames of example `index`."""
+    example = self.dataset[index]
+    node = example
+    for key in self.frames_key.split("/"):
+      if not isinstance(node, dict) or key not in node:
+        raise ValueError(f"{self.origin}: examples have no feature data.tfds_frames_key="
+                         f"{self.frames_key!r} (features: {_feature_paths(example)})")
+      node = node[key]
+    return np.asarray(node, np.uint8)
 
   def __len__(self) -> int:
-    return len(self.videos)
+    return len(self.dataset)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    return self.videos[index]
+    for offset in range(len(self)):
+      candidate = (index + offset) % len(self)
+      frames = self.frames(candidate)
+      if len(frames) >= self.min_frames:
+        return {"name": f"{self.name}/{self.split}/{candidate}", "frames": frames}
+      if candidate not in self.short:
+        self.short.add(candidate)
+        logging.warning("%s: skipped example %d: %d frames, fewer than the %d a clip needs "
+                        "(%d skipped so far)", self.origin, candidate, len(frames),
+                        self.min_frames, len(self.short))
+    raise ValueError(f"{self.origin}: no example has the {self.min_frames} frames a clip needs")
+
+  def __repr__(self) -> str:
+    return f"{len(self)} videos of {self.origin}"
 
 
-def tfds_source(name: str, split: str, data_dir: str | None, min_frames: int,
-                frames_key: str = "video/frames") -> ArrayVideoSource:
-  """Videos from a TFDS builder (e.g. the catalogue's `davis`, or any builder
-  prepared in `data_dir`). Frames are read once into memory as uint8 arrays."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  dataset = tfds.data_source(name, split=split, data_dir=data_dir)
-  videos = []
-  for index in range(len(dataset)):
-    example = dataset[index]
-    node = example
-    for key in frames_key.split("/"):
-      if key not in node:
-        raise KeyError(f"TFDS {name}: example has no field {frames_key!r} "
-                       f"(fields: {sorted(example)})")
-      node = node[key]
-    videos.append({"name": f"{name}/{split}/{index}", "frames": np.asarray(node, np.uint8)})
-  return ArrayVideoSource(videos, min_frames, f"TFDS {name}[{split}]")
+def _feature_paths(example, prefix: str = "") -> list[str]:
+  """'video/frames'-style paths of an example's features."""
+  if not isinstance(example, dict):
+    return [prefix.rstrip("/")]
+  return [p for k, v in sorted(example.items()) for p in _feature_paths(v, f"{prefix}{k}/")]

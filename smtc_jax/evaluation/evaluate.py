@@ -16,11 +16,12 @@ scores.py, what is written in writers.py; this file is the loop.
 """
 
 import os
+import time
 
-from absl import logging
 import ml_collections
 import numpy as np
 
+from smtc_jax import console
 from smtc_jax.data import synthetic
 from smtc_jax.evaluation import davis, pose, readers, scores, writers
 from smtc_jax.evaluation.predictor import (Predictor, propagate_keypoints, propagate_masks,
@@ -139,9 +140,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   predictor = Predictor(config)
   methods = {"trained": trained_variables(config, workdir),
              "untrained": untrained_variables(config)}
-  logging.info("evaluating %s of %s", e.params, methods["trained"][1].describe())
+  console.say(f"evaluating {e.params} of {methods['trained'][1].describe()}")
   out_dir = os.path.join(workdir, EVAL_DIR, e.benchmark)
   tables = {m: scores.Scores(e.pck_thresholds) for m in (*methods, "trivial")}
+  began = time.time()
   for index, name in enumerate(names):
     video = load(name)
     for method, (variables, _) in methods.items():
@@ -150,9 +152,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if method == "trained":
         writers.write_predictions(out_dir, video, predictions, overlay=index < e.overlays)
     tables["trivial"].add(name, evaluate_trivial(video, tasks, e))
-    logging.info("evaluated %s (%d/%d)", name, index + 1, len(names))
+    eta = (time.time() - began) / (index + 1) * (len(names) - index - 1)
+    console.say(f"evaluated {name} ({index + 1}/{len(names)}) | ETA {eta / 60:.1f} min")
   summary = {m: table.summary() for m, table in tables.items()}
   weights = {m: w for m, (_, w) in methods.items()}
   writers.write_tables(out_dir, summary, tables, weights, e)
   writers.print_summary(summary, weights, e, len(names), root)
+  print(f"results in {out_dir}: results.csv, per_video.csv and the trained model's predictions")
   return summary

@@ -58,8 +58,9 @@ def trained_variables(config: ml_collections.ConfigDict, workdir: str):
   elif checkpoint_step is not None:
     model = smtc.build_model(config)
     tree = checkpoint.latest_weights(workdir, smtc.abstract_variables(config, model))
-    weights = Weights("checkpoint", int(tree["step"]),
-                      os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(checkpoint_step)))
+    step = int(tree["step"])  # the newest readable checkpoint's
+    weights = Weights("checkpoint", step,
+                      os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(step)))
     if export is not None:
       logging.warning("%s holds step %s, older than checkpoint step %d: evaluating the checkpoint",
                       export_dir, export_step, checkpoint_step)

@@ -1,0 +1,263 @@
+"""Start-up checks of a config, one function per config section.
+
+`main` runs `problems(config, mode, workdir)` once, before anything is built or
+written; the modules then trust their fields instead of raising from inside
+jit tracing, hours into a run or after a synthetic set was generated. Each
+check returns its problems as one-line strings that name the field, its value
+and what is allowed. A new section adds a `check_<section>(config)` function
+and one line in `problems`.
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+from smtc_jax import matching
+from smtc_jax import train
+from smtc_jax.data import pipeline
+from smtc_jax.evaluation import discovery, evaluate
+from smtc_jax.models import smtc
+
+# The values each string option takes (the modules branch on exactly these).
+ENCODERS = ("vit", "resnet")
+FEATURES = ("tokens", "last_keys")
+PROP_FEATURES = tuple(smtc.FEATURES)
+HUE_SPACES = tuple(sorted(pipeline.HUE_ROTATIONS))
+CORR_PARTNERS = ("random", "previous")
+FUSIONS = ("paper", "reference")
+SLOT_INPUTS = ("fused", "rgb", "correlation")
+SLOT_UPDATES = ("gru", "residual")
+MASK_THRESHOLDS = ("prob", "logit")
+STAGES = ("both", "semantic", "instance")
+SAMPLE_GRADS = ("reparam", "none")
+DTYPES = ("float32", "bfloat16")
+RESNET_STAGES = ("res2", "res3", "res4", "res5")
+SINKHORN_MARGINALS = ("uniform", "feature_norm")
+INSTANCE_FORMS = ("l2_margin", "cosine")
+DATA_SOURCES = ("frames", "tfds", "synthetic")
+LAYOUTS = ("davis", "youtube_vos")
+EMA_SCOPES = ("all", "non_encoder")
+INIT_SCOPES = ("encoder", "all")
+MATCHINGS = ("video", "frame")
+EVAL_PARAMS = ("params", "ema_params")
+JHMDB_SPLITS = ("train", "val", "test")
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; its message holds one line per problem."""
+
+
+def _get(config: ml_collections.ConfigDict, field: str):
+  node = config
+  for key in field.split("."):
+    node = node[key]
+  return node
+
+
+def one_of(config, field: str, allowed) -> list[str]:
+  value = _get(config, field)
+  if value in allowed:
+    return []
+  return [f"{field}={value!r} is not one of {', '.join(repr(a) for a in allowed)}"]
+
+
+def at_least(config, field: str, low) -> list[str]:
+  value = _get(config, field)
+  return [] if value >= low else [f"{field}={value!r} must be >= {low}"]
+
+
+def above(config, field: str, low) -> list[str]:
+  value = _get(config, field)
+  return [] if value > low else [f"{field}={value!r} must be > {low}"]
+
+
+def within(config, field: str, low, high) -> list[str]:
+  """low <= value <= high."""
+  value = _get(config, field)
+  return [] if low <= value <= high else [f"{field}={value!r} must lie in [{low}, {high}]"]
+
+
+def _all_within(config, field: str, low, high) -> list[str]:
+  values = tuple(_get(config, field))
+  if all(low <= v <= high for v in values):
+    return []
+  return [f"{field}={values!r}: every value must lie in [{low}, {high}]"]
+
+
+def _below_one(config, field: str) -> list[str]:
+  value = _get(config, field)
+  return [] if 0.0 <= value < 1.0 else [f"{field}={value!r} must be in [0, 1)"]
+
+
+def _ordered_pair(config, field: str, low, high) -> list[str]:
+  """(a, b) with low < a <= b <= high."""
+  pair = tuple(_get(config, field))
+  if len(pair) == 2 and low < pair[0] <= pair[1] <= high:
+    return []
+  return [f"{field}={pair!r} must be (a, b) with {low} < a <= b <= {high}"]
+
+
+def check_model(config) -> list[str]:
+  """Encoder, fusion and slot-attention options (Sec. 3.1-3.3)."""
+  m = config.model
+  out = [*one_of(config, "model.encoder", ENCODERS), *one_of(config, "model.features", FEATURES),
+         *one_of(config, "model.corr_partner", CORR_PARTNERS),
+         *one_of(config, "model.fusion", FUSIONS), *one_of(config, "model.slot_input", SLOT_INPUTS),
+         *one_of(config, "model.slot_update", SLOT_UPDATES),
+         *one_of(config, "model.mask_threshold_on", MASK_THRESHOLDS),
+         *one_of(config, "model.stages", STAGES), *one_of(config, "model.sample_grad", SAMPLE_GRADS),
+         *one_of(config, "model.dtype", DTYPES),
+         *one_of(config, "model.resnet.feature_stage", RESNET_STAGES),
+         *at_least(config, "model.num_semantics", 1),
+         *within(config, "model.num_instances", 1, matching.MAX_SIZE),
+         *at_least(config, "model.num_iterations", 1), *at_least(config, "model.mlp_min_hidden", 1),
+         *at_least(config, "model.object_head_ratio", 1), *above(config, "model.attn_eps", 0),
+         *at_least(config, "model.vit.patch_size", 1), *at_least(config, "model.vit.depth", 1),
+         *at_least(config, "model.vit.num_heads", 1), *at_least(config, "model.vit.pretrain_grid", 1),
+         *_below_one(config, "model.vit.drop_path_rate")]
+  if m.mask_threshold_on == "prob":
+    out += within(config, "model.tau", 0.0, 1.0)
+  if m.vit.num_heads >= 1 and m.vit.dim % m.vit.num_heads:
+    out.append(f"model.vit.dim={m.vit.dim} is not divisible by model.vit.num_heads="
+               f"{m.vit.num_heads}")
+  if m.features == "last_keys" and m.encoder != "vit":
+    out.append(f"model.features='last_keys' needs model.encoder='vit', got {m.encoder!r}")
+  return out
+
+
+def check_loss(config) -> list[str]:
+  """The objectives of Sec. 3.4 (eq. 8-13)."""
+  out = [*one_of(config, "loss.sinkhorn_marginals", SINKHORN_MARGINALS),
+         *one_of(config, "loss.instance_form", INSTANCE_FORMS),
+         *at_least(config, "loss.sem_weight", 0.0), *at_least(config, "loss.reg_weight", 0.0),
+         *at_least(config, "loss.obj_weight", 0.0), *above(config, "loss.sinkhorn_epsilon", 0.0),
+         *at_least(config, "loss.sinkhorn_iters", 1),
+         *within(config, "loss.valid_mask_tau", 0.0, 1.0), *within(config, "loss.tau1", 0.0, 1.0),
+         *within(config, "loss.tau2", -1.0, 1.0), *at_least(config, "loss.margin", 0.0),
+         *above(config, "loss.eps", 0.0)]
+  l = config.loss
+  if config.model.stages == "instance" and (l.sem_weight or l.reg_weight):
+    out.append("model.stages='instance' has no semantic masks: set loss.sem_weight and "
+               "loss.reg_weight to 0")
+  return out
+
+
+def check_data(config, mode: str) -> list[str]:
+  """Where the videos come from, clip sampling and augmentation; the training
+  videos themselves are required in train mode only."""
+  d = config.data
+  out = [*one_of(config, "data.source", DATA_SOURCES), *one_of(config, "data.layout", LAYOUTS),
+         *at_least(config, "data.num_frames", 1), *at_least(config, "data.gap", 1),
+         *at_least(config, "data.batch_size", 1), *at_least(config, "data.num_workers", 0),
+         *at_least(config, "data.prefetch", 0),
+         *_ordered_pair(config, "data.augment.crop_scale", 0.0, 1.0),
+         *_ordered_pair(config, "data.augment.crop_ratio", 0.0, float("inf")),
+         *_ordered_pair(config, "data.augment.blur_sigma", 0.0, float("inf")),
+         *within(config, "data.augment.hflip_prob", 0.0, 1.0),
+         *within(config, "data.augment.jitter_prob", 0.0, 1.0),
+         *within(config, "data.augment.gray_prob", 0.0, 1.0),
+         *within(config, "data.augment.blur_prob", 0.0, 1.0),
+         *_all_within(config, "data.augment.jitter", 0.0, 1.0),
+         *one_of(config, "data.augment.hue_space", HUE_SPACES),
+         *at_least(config, "data.synthetic.num_train", 1),
+         *at_least(config, "data.synthetic.num_val", 0), *at_least(config, "data.synthetic.size", 1),
+         *at_least(config, "data.synthetic.max_objects", 1)]
+  if not d.split:
+    out.append("data.split is empty")
+  if not check_model(config):  # the encoder's stride is defined for a valid model section
+    stride = smtc.encoder_stride(config)
+    if len(d.resolution) != 2 or any(r < stride or r % stride for r in d.resolution):
+      out.append(f"data.resolution={tuple(d.resolution)!r} must be two multiples of the "
+                 f"encoder stride {stride}")
+  if mode != "train":
+    return out
+  if d.source == "frames" and not d.path:
+    out.append("data.source='frames' needs data.path (a DAVIS or YouTube-VOS folder)")
+  if d.source == "synthetic" and d.synthetic.num_frames < d.num_frames:
+    out.append(f"data.synthetic.num_frames={d.synthetic.num_frames} is below "
+               f"data.num_frames={d.num_frames}: no synthetic video could give a clip")
+  if d.source == "tfds":
+    if not d.tfds_name:
+      out.append("data.source='tfds' needs data.tfds_name")
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+      out.append("data.source='tfds' needs tensorflow-datasets: pip install -e '.[tfds]'")
+  return out
+
+
+def check_optim(config) -> list[str]:
+  """AdamW and its schedule."""
+  return [*above(config, "optim.learning_rate", 0.0),
+          *within(config, "optim.final_lr_ratio", 0.0, 1.0),
+          *at_least(config, "optim.warmup_steps", 0), *at_least(config, "optim.weight_decay", 0.0),
+          *within(config, "optim.b1", 0.0, 1.0), *within(config, "optim.b2", 0.0, 1.0),
+          *above(config, "optim.eps", 0.0), *at_least(config, "optim.encoder_lr_mult", 0.0),
+          *at_least(config, "optim.grad_iter", 0), *at_least(config, "optim.grad_clip_norm", 0.0)]
+
+
+def check_train(config) -> list[str]:
+  """The loop: length, EMA, logging and checkpoints."""
+  return [*at_least(config, "train.num_steps", 1), *within(config, "train.ema_momentum", 0.0, 1.0),
+          *one_of(config, "train.ema_scope", EMA_SCOPES), *at_least(config, "train.log_every", 1),
+          *at_least(config, "train.checkpoint_every", 1),
+          *at_least(config, "train.keep_checkpoints", 1), *at_least(config, "train.microbatch", 0)]
+
+
+def check_init(config) -> list[str]:
+  """Initial weights: a params checkpoint that must exist (when local)."""
+  i = config.init
+  out = one_of(config, "init.scope", INIT_SCOPES)
+  if i.checkpoint and "://" not in i.checkpoint and not os.path.isdir(i.checkpoint):
+    out.append(f"init.checkpoint={i.checkpoint!r} is not a folder")
+  return out
+
+
+def check_eval(config, mode: str) -> list[str]:
+  """Evaluation options; the benchmark's folder is required in eval mode only."""
+  e = config.eval
+  out = [*one_of(config, "eval.benchmark", tuple(evaluate.TASKS)),
+         *one_of(config, "eval.unsupervised_matching", MATCHINGS),
+         *one_of(config, "eval.params", EVAL_PARAMS),
+         *one_of(config, "eval.candidates", discovery.CANDIDATE_RULES),
+         *one_of(config, "eval.prop_features", PROP_FEATURES), *at_least(config, "eval.max_videos", 0),
+         *at_least(config, "eval.max_proposals", 1), *at_least(config, "eval.prop_video_len", 1),
+         *above(config, "eval.prop_radius", 0.0), *at_least(config, "eval.prop_topk", 1),
+         *above(config, "eval.prop_temperature", 0.0),
+         *at_least(config, "eval.prop_short_side", 0), *above(config, "eval.pose_sigma", 0.0),
+         *at_least(config, "eval.pose_topk", 1), *at_least(config, "eval.overlays", 0),
+         *_all_within(config, "eval.pck_thresholds", 0.0, float("inf"))]
+  if e.benchmark == "jhmdb":
+    out += one_of(config, "eval.split", JHMDB_SPLITS)
+  if mode == "eval" and e.benchmark in evaluate.TASKS and e.benchmark != "synthetic":
+    if not e.data_path:
+      out.append(f"eval.benchmark={e.benchmark!r} needs eval.data_path (the benchmark's folder)")
+    elif "://" not in e.data_path and not os.path.isdir(e.data_path):
+      out.append(f"eval.data_path={e.data_path!r} is not a folder")
+  return out
+
+
+def check_workdir(config, mode: str, workdir: str) -> list[str]:
+  """What a remote (gs://) workdir needs: local folders for logs and generated data."""
+  out = []
+  try:
+    train.log_dir(config, workdir)
+  except ValueError as e:
+    out.append(str(e))
+  if (mode == "train" and "://" in workdir and config.data.source == "synthetic"
+      and not config.data.path):
+    out.append(f"workdir {workdir} is remote: data.source='synthetic' needs a local data.path")
+  return out
+
+
+def problems(config: ml_collections.ConfigDict, mode: str, workdir: str) -> list[str]:
+  """Every problem of the config for `mode` (train, export, eval), section by section."""
+  return [*check_model(config), *check_loss(config), *check_data(config, mode),
+          *check_optim(config), *check_train(config), *check_init(config),
+          *check_eval(config, mode), *check_workdir(config, mode, workdir)]
+
+
+def validate(config: ml_collections.ConfigDict, mode: str, workdir: str) -> None:
+  """Raise ConfigError listing every problem, one per line."""
+  found = problems(config, mode, workdir)
+  if found:
+    raise ConfigError("\n".join(found))

@@ -1,0 +1,138 @@
+"""Start-up config checks: every string option and range, before anything is built."""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from smtc_jax import config_checks
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = ["base", "reference", "tiny", "cpu_synthetic", "tpu_v4", "gpu"]
+
+# Every string option and the values it takes.
+STRING_OPTIONS = {
+    "model.encoder": config_checks.ENCODERS, "model.features": config_checks.FEATURES,
+    "model.corr_partner": config_checks.CORR_PARTNERS, "model.fusion": config_checks.FUSIONS,
+    "model.slot_input": config_checks.SLOT_INPUTS, "model.slot_update": config_checks.SLOT_UPDATES,
+    "model.mask_threshold_on": config_checks.MASK_THRESHOLDS, "model.stages": config_checks.STAGES,
+    "model.sample_grad": config_checks.SAMPLE_GRADS, "model.dtype": config_checks.DTYPES,
+    "model.resnet.feature_stage": config_checks.RESNET_STAGES,
+    "loss.sinkhorn_marginals": config_checks.SINKHORN_MARGINALS,
+    "loss.instance_form": config_checks.INSTANCE_FORMS, "data.source": config_checks.DATA_SOURCES,
+    "data.layout": config_checks.LAYOUTS, "train.ema_scope": config_checks.EMA_SCOPES,
+    "init.scope": config_checks.INIT_SCOPES, "eval.unsupervised_matching": config_checks.MATCHINGS,
+    "eval.params": config_checks.EVAL_PARAMS,
+}
+
+
+def _config(name="cpu_synthetic"):
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+def _set(config, field, value):
+  *path, last = field.split(".")
+  node = config
+  for key in path:
+    node = node[key]
+  node[last] = value
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_shipped_config_passes_for_export_and_eval(name):
+  assert config_checks.problems(_config(name), "export", "/tmp/w") == []
+  assert config_checks.problems(_config(name), "eval", "/tmp/w") == []
+
+
+def test_training_needs_its_data_path_but_the_embedded_default_runs_as_is():
+  assert config_checks.problems(_config("cpu_synthetic"), "train", "/tmp/w") == []
+  assert config_checks.problems(_config("tpu_v4"), "train", "/tmp/w") == [
+      "data.source='frames' needs data.path (a DAVIS or YouTube-VOS folder)"]
+
+
+@pytest.mark.parametrize("field", sorted(STRING_OPTIONS))
+def test_every_string_option_names_the_field_and_its_allowed_values(field):
+  config = _config()
+  _set(config, field, "foo")
+  found = config_checks.problems(config, "train", "/tmp/w")
+  assert found[0] == (f"{field}='foo' is not one of "
+                      f"{', '.join(repr(a) for a in STRING_OPTIONS[field])}")
+
+
+def test_the_allowed_values_are_the_ones_the_configs_use():
+  # Each shipped value is allowed (no check stricter than the code).
+  for name in CONFIGS:
+    config = _config(name)
+    for field, allowed in STRING_OPTIONS.items():
+      node = config
+      for key in field.split("."):
+        node = node[key]
+      assert node in allowed, (name, field)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.num_instances", 9, "model.num_instances=9 must lie in [1, 8]"),
+    ("model.vit.num_heads", 3, "model.vit.dim=64 is not divisible by model.vit.num_heads=3"),
+    ("data.resolution", (60, 64), "data.resolution=(60, 64) must be two multiples of the encoder "
+                                  "stride 8"),
+    ("train.checkpoint_every", 0, "train.checkpoint_every=0 must be >= 1"),
+    ("train.ema_momentum", 1.5, "train.ema_momentum=1.5 must lie in [0.0, 1.0]"),
+    ("data.augment.crop_scale", (0.9, 0.5), "data.augment.crop_scale=(0.9, 0.5) must be (a, b) "
+                                            "with 0.0 < a <= b <= 1.0"),
+    ("optim.learning_rate", 0.0, "optim.learning_rate=0.0 must be > 0.0"),
+    ("data.synthetic.num_frames", 3, "data.synthetic.num_frames=3 is below data.num_frames=4: "
+                                     "no synthetic video could give a clip"),
+    ("init.checkpoint", "/nowhere/dino", "init.checkpoint='/nowhere/dino' is not a folder"),
+])
+def test_numbers_and_paths_out_of_range_are_named(field, value, message):
+  config = _config()
+  _set(config, field, value)
+  assert config_checks.problems(config, "train", "/tmp/w") == [message]
+
+
+def test_combinations_the_code_cannot_run_are_named():
+  config = _config()
+  config.model.stages = "instance"
+  config.model.encoder = "resnet"
+  config.model.features = "last_keys"
+  assert config_checks.problems(config, "train", "/tmp/w") == [
+      "model.features='last_keys' needs model.encoder='vit', got 'resnet'",
+      "model.stages='instance' has no semantic masks: set loss.sem_weight and loss.reg_weight "
+      "to 0"]
+
+
+def test_mode_and_workdir_requirements():
+  config = _config()
+  config.eval.benchmark = "davis2017"
+  assert config_checks.problems(config, "train", "/tmp/w") == []
+  assert config_checks.problems(config, "eval", "/tmp/w") == [
+      "eval.benchmark='davis2017' needs eval.data_path (the benchmark's folder)"]
+  assert config_checks.problems(_config(), "train", "gs://bucket/run") == [
+      "workdir gs://bucket/run is remote: set train.logdir to a local folder for logs",
+      "workdir gs://bucket/run is remote: data.source='synthetic' needs a local data.path"]
+
+
+def test_the_tfds_source_without_tensorflow_datasets_says_how_to_install_it(monkeypatch):
+  config = _config()
+  config.data.source = "tfds"
+  assert config_checks.problems(config, "train", "/tmp/w") == []  # dev installs TFDS
+  monkeypatch.setattr(config_checks.importlib.util, "find_spec",
+                      lambda name: None if name == "tensorflow_datasets" else object())
+  assert config_checks.problems(config, "train", "/tmp/w") == [
+      "data.source='tfds' needs tensorflow-datasets: pip install -e '.[tfds]'"]
+
+
+def test_a_bad_option_stops_main_before_anything_is_built_or_written(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "smtc_jax.main", "--config", os.path.join(REPO, "configs/cpu_synthetic.py"),
+       "--workdir", str(workdir), "--config.model.fusion=foo", "--config.train.log_every=0"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  assert proc.stderr.splitlines() == [
+      "error: model.fusion='foo' is not one of 'paper', 'reference'",
+      "error: train.log_every=0 must be >= 1"]
+  assert proc.stdout == ""
+  assert not workdir.exists()  # no synthetic set, no config.json, no lock
