@@ -192,8 +192,43 @@ def get_train_config() -> ml_collections.ConfigDict:
   t.checkpoint_every = 1000
   t.keep_checkpoints = 3
   t.async_checkpoints = True
+  # Quick discovery evaluation during training (TensorBoard scalars and an
+  # overlay image, smtc_jax/evaluation/monitor.py): every eval_every steps
+  # (0 = never) on the first eval_videos videos of the eval benchmark.
+  t.eval_every = 0
+  t.eval_videos = 4
   t.logdir = ""  # local folder for logs; "" = the workdir (needed when that is gs://)
   return t
+
+
+def get_pretrain_config() -> ml_collections.ConfigDict:
+  """Encoder pretraining by dense self-distillation (smtc_jax/pretrain.py), for
+  runs with no self-supervised checkpoint. The paper starts from DINO's weights,
+  so it is off here (num_steps = 0); with num_steps > 0 and no init.checkpoint,
+  training runs it first and starts SMTC from its encoder."""
+  p = ml_collections.ConfigDict()
+  p.num_steps = 0
+  p.batch_size = 64  # frames (two views each), global
+  p.learning_rate = 1e-3
+  p.warmup_steps = 50
+  p.weight_decay = 0.04  # DINO's starting value
+  p.grad_clip_norm = 3.0  # DINO's
+  p.ema_momentum = 0.99
+  p.num_prototypes = 64
+  p.head_hidden = 256
+  p.head_bottleneck = 64
+  p.temperature = 0.1  # student softmax temperature (DINO's)
+  p.sinkhorn_epsilon = 0.05  # entropic regularisation of the teacher's balanced assignment
+  p.sinkhorn_iters = 3  # as SwAV's Sinkhorn-Knopp
+  # Views: a random crop (area fraction crop_scale) resized to `resolution`, and
+  # a second crop near it: sides scaled by up to view_scale, centre moved by up
+  # to view_shift of the side. Views smaller than the training frames are cheap
+  # (DINO's local crops); the position embedding is interpolated to their grid.
+  p.resolution = (224, 224)
+  p.crop_scale = (0.4, 1.0)
+  p.view_scale = 1.3
+  p.view_shift = 0.5
+  return p
 
 
 def get_init_config() -> ml_collections.ConfigDict:
@@ -220,6 +255,11 @@ def get_eval_config() -> ml_collections.ConfigDict:
   # Proposals kept per video (the largest) and accepted by the scorer: the official
   # unsupervised tool's limit (the authors' copy of it: 300).
   e.max_proposals = 20
+  # Background rule for discovery (ours; the paper keeps every eq. 11 candidate):
+  # 'border' drops proposals whose share of the frame border is at least
+  # border_ratio times their share of the frame (stuff reaches the edges).
+  e.background = "none"  # none | border
+  e.border_ratio = 0.5
   # Label propagation (CRW protocol; the code's eval_prop.sh).
   # The features it compares (models/smtc.py FEATURES): the encoder's output tokens
   # F_t (eq. 1; paper), or the last block's output before the final LayerNorm
@@ -252,5 +292,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = get_eval_config()
   config.optim = get_optim_config()
   config.train = get_train_config()
+  config.pretrain = get_pretrain_config()
   config.init = get_init_config()
   return config

@@ -170,7 +170,7 @@ def check_data(config, mode: str) -> list[str]:
     if len(d.resolution) != 2 or any(r < stride or r % stride for r in d.resolution):
       out.append(f"data.resolution={tuple(d.resolution)!r} must be two multiples of the "
                  f"encoder stride {stride}")
-  if mode != "train":
+  if mode not in ("train", "pretrain"):
     return out
   if d.source == "frames" and not d.path:
     out.append("data.source='frames' needs data.path (a DAVIS or YouTube-VOS folder)")
@@ -200,7 +200,37 @@ def check_train(config) -> list[str]:
   return [*at_least(config, "train.num_steps", 1), *within(config, "train.ema_momentum", 0.0, 1.0),
           *one_of(config, "train.ema_scope", EMA_SCOPES), *at_least(config, "train.log_every", 1),
           *at_least(config, "train.checkpoint_every", 1),
-          *at_least(config, "train.keep_checkpoints", 1), *at_least(config, "train.microbatch", 0)]
+          *at_least(config, "train.keep_checkpoints", 1), *at_least(config, "train.microbatch", 0),
+          *at_least(config, "train.eval_every", 0), *at_least(config, "train.eval_videos", 1)]
+
+
+def check_pretrain(config) -> list[str]:
+  """Encoder pretraining (smtc_jax/pretrain.py); checked when it runs."""
+  p = config.pretrain
+  out = at_least(config, "pretrain.num_steps", 0)
+  if not p.num_steps:
+    return out
+  out += [*at_least(config, "pretrain.batch_size", 1), *above(config, "pretrain.learning_rate", 0.0),
+          *at_least(config, "pretrain.warmup_steps", 0),
+          *at_least(config, "pretrain.weight_decay", 0.0),
+          *above(config, "pretrain.grad_clip_norm", 0.0),
+          *within(config, "pretrain.ema_momentum", 0.0, 1.0),
+          *at_least(config, "pretrain.num_prototypes", 2), *at_least(config, "pretrain.head_hidden", 1),
+          *at_least(config, "pretrain.head_bottleneck", 1),
+          *above(config, "pretrain.temperature", 0.0),
+          *above(config, "pretrain.sinkhorn_epsilon", 0.0),
+          *at_least(config, "pretrain.sinkhorn_iters", 1),
+          *_ordered_pair(config, "pretrain.crop_scale", 0.0, 1.0),
+          *at_least(config, "pretrain.view_scale", 1.0), *at_least(config, "pretrain.view_shift", 0.0)]
+  if config.model.encoder != "vit":
+    out.append(f"pretrain.num_steps={p.num_steps} pretrains the ViT; model.encoder is "
+               f"{config.model.encoder!r}")
+  elif not check_model(config):
+    stride = smtc.encoder_stride(config)
+    if len(p.resolution) != 2 or any(r < stride or r % stride for r in p.resolution):
+      out.append(f"pretrain.resolution={tuple(p.resolution)!r} must be two multiples of the "
+                 f"encoder stride {stride}")
+  return out
 
 
 def check_init(config) -> list[str]:
@@ -219,6 +249,8 @@ def check_eval(config, mode: str) -> list[str]:
          *one_of(config, "eval.unsupervised_matching", MATCHINGS),
          *one_of(config, "eval.params", EVAL_PARAMS),
          *one_of(config, "eval.candidates", discovery.CANDIDATE_RULES),
+         *one_of(config, "eval.background", discovery.BACKGROUND_RULES),
+         *at_least(config, "eval.border_ratio", 0.0),
          *one_of(config, "eval.prop_features", PROP_FEATURES), *at_least(config, "eval.max_videos", 0),
          *at_least(config, "eval.max_proposals", 1), *at_least(config, "eval.prop_video_len", 1),
          *above(config, "eval.prop_radius", 0.0), *at_least(config, "eval.prop_topk", 1),
@@ -243,7 +275,7 @@ def check_workdir(config, mode: str, workdir: str) -> list[str]:
     train.log_dir(config, workdir)
   except ValueError as e:
     out.append(str(e))
-  if (mode == "train" and "://" in workdir and config.data.source == "synthetic"
+  if (mode in ("train", "pretrain") and "://" in workdir and config.data.source == "synthetic"
       and not config.data.path):
     out.append(f"workdir {workdir} is remote: data.source='synthetic' needs a local data.path")
   return out
@@ -252,7 +284,7 @@ def check_workdir(config, mode: str, workdir: str) -> list[str]:
 def problems(config: ml_collections.ConfigDict, mode: str, workdir: str) -> list[str]:
   """Every problem of the config for `mode` (train, export, eval), section by section."""
   return [*check_model(config), *check_loss(config), *check_data(config, mode),
-          *check_optim(config), *check_train(config), *check_init(config),
+          *check_optim(config), *check_train(config), *check_pretrain(config), *check_init(config),
           *check_eval(config, mode), *check_workdir(config, mode, workdir)]
 
 

@@ -1,11 +1,14 @@
 """The one entry point:
 
-  python -m smtc_jax.main --config configs/X.py --workdir DIR [--mode train|export|eval]
+  python -m smtc_jax.main --config configs/X.py --workdir DIR [--mode train|pretrain|export|eval]
                           [--config.section.field=value ...] [--alsologtostderr]
 
-train: trains (resuming from DIR's newest readable checkpoint); export: writes the
-latest checkpoint's student and teacher parameters to DIR/export (or --export_dir);
-eval: object discovery and label propagation with baselines (smtc_jax/evaluation).
+train: trains (resuming from DIR's newest readable checkpoint), after pretraining
+the encoder when pretrain.num_steps > 0 and no init.checkpoint is given;
+pretrain: that encoder pretraining alone (smtc_jax/pretrain.py, into DIR/pretrain);
+export: writes the latest checkpoint's student and teacher parameters to
+DIR/export (or --export_dir); eval: object discovery and label propagation with
+baselines (smtc_jax/evaluation).
 
 The config is checked first (config_checks.py), before anything is built or
 written. The console shows the run's own lines, warnings and one line per error;
@@ -25,7 +28,7 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the resolved config.")
-flags.DEFINE_enum("mode", "train", ["train", "export", "eval"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "pretrain", "export", "eval"], "What to run.")
 flags.DEFINE_string("export_dir", None, "Where --mode=export writes (default: WORKDIR/export).")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process GPU runs; "
                     "TPU pods and SLURM are detected automatically).")
@@ -48,9 +51,12 @@ def run_export(config, workdir: str, export_dir: str | None) -> None:
 
 
 def run(config, mode: str, workdir: str) -> None:
-  if mode == "train":
-    from smtc_jax import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, workdir)
+  if mode in ("train", "pretrain"):
+    from smtc_jax import pretrain, train  # pylint: disable=g-import-not-at-top
+    if config.pretrain.num_steps and not config.init.checkpoint:
+      config.init.checkpoint = pretrain.run(config, workdir)
+    if mode == "train":
+      train.train_and_evaluate(config, workdir)
   elif mode == "export":
     run_export(config, workdir, FLAGS.export_dir)
   elif mode == "eval":
@@ -85,7 +91,7 @@ def main(argv):
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logdir = train.log_dir(config, workdir)
   lock = None  # held while this process lives
-  if mode == "train" and jax.process_index() == 0:
+  if mode in ("train", "pretrain") and jax.process_index() == 0:
     try:
       lock = workdir_lock.acquire(logdir if checkpoint.is_remote(workdir) else workdir)
     except workdir_lock.WorkdirBusy as e:

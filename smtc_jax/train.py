@@ -1,11 +1,12 @@
 """Training: TrainState, the optimizer, the jitted train step with its EMA
 teacher (eq. 13-14), and the loop."""
 
+import dataclasses
 import functools
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -20,6 +21,7 @@ from smtc_jax import losses
 from smtc_jax import preemption
 from smtc_jax import sharding
 from smtc_jax.data import pipeline
+from smtc_jax.evaluation import monitor
 from smtc_jax.models import smtc
 
 ENCODER = "encoder"  # top-level parameter collection of the encoder
@@ -290,10 +292,12 @@ def build(config, mesh):
 
 
 class MetricWriter:
-  """TensorBoard scalars and a metrics.jsonl file, from process 0 only."""
+  """TensorBoard scalars and a metrics.jsonl file, from process 0 only; names
+  get `prefix` (e.g. 'pretrain/' for the encoder pretraining stage)."""
 
-  def __init__(self, logdir: str):
+  def __init__(self, logdir: str, prefix: str = ""):
     self.enabled = jax.process_index() == 0
+    self.prefix = prefix
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self.tb = SummaryWriter(os.path.join(logdir, "tensorboard"))
@@ -302,10 +306,16 @@ class MetricWriter:
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
       return
+    scalars = {self.prefix + name: value for name, value in scalars.items()}
     for name, value in scalars.items():
       self.tb.add_scalar(name, value, step)
     self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self.jsonl.flush()
+
+  def image(self, step: int, name: str, image: np.ndarray) -> None:
+    """An (H, W, 3) uint8 image in TensorBoard."""
+    if self.enabled:
+      self.tb.add_image(self.prefix + name, image, step, dataformats="HWC")
 
   def close(self) -> None:
     if self.enabled:
@@ -313,7 +323,7 @@ class MetricWriter:
       self.jsonl.close()
 
 
-def progress_line(step, num_steps, scalars, steps_per_sec) -> str:
+def progress_line(step, scalars, steps_per_sec, *, num_steps) -> str:
   eta = (num_steps - step) / max(steps_per_sec, 1e-9)
   return (f"step {step}/{num_steps} | loss {scalars['loss']:.4f} (sem {scalars['loss_sem']:.4f} "
           f"reg {scalars['loss_reg']:.4f} obj {scalars['loss_obj']:.4f}) | valid "
@@ -371,41 +381,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state, data_iter = checkpoint.restore_latest(manager, state, data_iter, set_aside=True)
   steps = compile_train_steps(config, model, optimizer, mesh, state_sharding)
   writer = MetricWriter(logdir)
-  watch = preemption.Watch()
   start, t = int(state.step), config.train
+  discovery_monitor = (monitor.TrainingMonitor(config, workdir)
+                       if t.eval_every and jax.process_index() == 0 else None)
   console.say(f"data: {source}")
   console.say(f"{'resuming at' if start else 'starting at'} step {start} of {t.num_steps} on "
               f"{jax.device_count()} device(s) ({microbatches} micro-batch(es) a step); a progress "
               f"line every {t.log_every} steps, "
               f"checkpoints every {t.checkpoint_every} in {manager.directory}")
-  try:
-    scalars = train_loop(config, state, data_iter, steps, mesh, manager, writer, watch)
-  finally:
-    watch.close()
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
+  stage = Stage(t.num_steps, lambda step: steps[encoder_frozen(config, step)],
+                functools.partial(progress_line, num_steps=t.num_steps))
+  _, scalars = run_loop(config, stage, state, data_iter, mesh, manager, writer,
+                        discovery_monitor)
   console.say(f"done: step {t.num_steps}; checkpoints in {manager.directory}, metrics in "
               f"{os.path.join(logdir, 'metrics.jsonl')} and {os.path.join(logdir, 'tensorboard')}")
   return scalars
 
 
-def train_loop(config, state, data_iter, steps, mesh, manager, writer, watch) -> dict[str, float]:
-  """The steps from the state's to train.num_steps: log, check, checkpoint.
-  `steps` maps encoder_frozen -> step function (compile_train_steps); a
-  checkpoint step checks the whole state, a log step the metrics, so no
-  non-finite state is ever saved and no non-finite loss is logged."""
-  t = config.train
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """What the loop runs: `num_steps` steps, `step_fn(step)` the jitted step for
+  a step index, `progress(done, scalars, steps_per_sec)` its console line."""
+  num_steps: int
+  step_fn: Callable[[int], Callable]
+  progress: Callable[..., str]
+
+
+def run_loop(config, stage: Stage, state, data_iter, mesh, manager, writer,
+             discovery_monitor=None):
+  """train_loop under a preemption watch; closes the checkpoint manager (after
+  its last write) and the writer, however the loop ends."""
+  watch = preemption.Watch()
+  try:
+    return train_loop(config, stage, state, data_iter, mesh, manager, writer, watch,
+                      discovery_monitor)
+  finally:
+    watch.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+
+
+def train_loop(config, stage: Stage, state, data_iter, mesh, manager, writer, watch,
+               discovery_monitor=None):
+  """(final state, last logged metrics) of the steps from the state's to
+  stage.num_steps: log, check, evaluate,
+  checkpoint (every train.log_every, train.checkpoint_every and train.eval_every
+  steps, and at the end). A checkpoint step checks the whole state, a log step
+  the metrics, so no non-finite state is ever saved and no non-finite loss is
+  logged. With a `discovery_monitor` (monitor.TrainingMonitor) its figures and
+  overlay go to TensorBoard and the console."""
+  t, last = config.train, stage.num_steps
   start = int(state.step)
   last_saved = start or None  # a resumed state is its checkpoint's
   scalars, tick, tick_step = {}, time.time(), start
-  for step in range(start, t.num_steps):
+  for step in range(start, last):
     batch = sharding.global_batch(next(data_iter), mesh)
-    state, metrics = steps[encoder_frozen(config, step)](state, batch)
+    state, metrics = stage.step_fn(step)(state, batch)
     done = step + 1
-    preempted = watch.reached(done) and done < t.num_steps  # reached() runs every step
-    log_now = done % t.log_every == 0 or done == t.num_steps
-    save_now = done % t.checkpoint_every == 0 or done == t.num_steps or preempted
+    preempted = watch.reached(done) and done < last  # reached() runs every step
+    log_now = done % t.log_every == 0 or done == last
+    save_now = done % t.checkpoint_every == 0 or done == last or preempted
     if log_now or save_now:
       scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
       check_finite(done, scalars, state if save_now else None, last_saved, manager.directory)
@@ -414,7 +450,13 @@ def train_loop(config, state, data_iter, steps, mesh, manager, writer, watch) ->
       scalars["steps_per_sec"] = rate
       tick, tick_step = time.time(), done
       writer.write(done, scalars)
-      console.say(progress_line(done, t.num_steps, scalars, rate))
+      console.say(stage.progress(done, scalars, rate))
+    if discovery_monitor and (done % t.eval_every == 0 or done == last):
+      figures, strip = discovery_monitor(state)
+      writer.write(done, figures)
+      writer.image(done, "eval/overlay", strip)
+      console.say(f"eval at step {done} ({len(discovery_monitor.videos)} videos) | " +
+                  " | ".join(f"{k[len('eval/'):]} {v:.3f}" for k, v in figures.items()))
     if save_now:
       checkpoint.save(manager, done, state, data_iter)
       last_saved = done
@@ -422,4 +464,4 @@ def train_loop(config, state, data_iter, steps, mesh, manager, writer, watch) ->
       manager.wait_until_finished()
       raise preemption.Preempted(f"preempted (SIGTERM) at step {done}: saved "
                                  f"{manager.directory}/{done}; the same command resumes from it")
-  return scalars
+  return state, scalars

@@ -228,8 +228,8 @@ def test_a_non_finite_state_is_never_checkpointed_and_the_error_names_the_last_g
   manager = checkpoint.make_manager(str(tmp_path), config)
   writer, watch = train.MetricWriter(str(tmp_path)), preemption.Watch()
   with pytest.raises(FloatingPointError) as error:
-    train.train_loop(config, state, data_iter, {True: step, False: step}, sharding.make_mesh(),
-                     manager, writer, watch)
+    stage = train.Stage(config.train.num_steps, lambda _: step, lambda *_: "")
+    train.train_loop(config, stage, state, data_iter, sharding.make_mesh(), manager, writer, watch)
   watch.close()
   writer.close()
   manager.wait_until_finished()

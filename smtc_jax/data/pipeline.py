@@ -176,23 +176,25 @@ def photometric(frames, spec: ClipSpec, rng):
   return x
 
 
+def named_frames(video, indices) -> list[tuple[str, np.ndarray]]:
+  """[(where, (H, W, 3) uint8)] of a video record at `indices`: the file (or
+  video and index) and its pixels."""
+  frames = video["frames"]
+  if isinstance(frames, np.ndarray):
+    return [(f"{video['name']} frame {i}", frames[i]) for i in indices]
+  return [(frames[i], sources.load_frame(frames[i])) for i in indices]
+
+
 class SampleClip(grain.transforms.RandomMap):
   """Video record -> {'student', 'teacher': (T, H, W, 3) uint8} augmented views."""
 
   def __init__(self, spec: ClipSpec):
     self.spec = spec
 
-  def _frames(self, video, indices):
-    """[(where, (H, W, 3) uint8)]: the file (or video and index) and its pixels."""
-    frames = video["frames"]
-    if isinstance(frames, np.ndarray):
-      return [(f"{video['name']} frame {i}", frames[i]) for i in indices]
-    return [(frames[i], sources.load_frame(frames[i])) for i in indices]
-
   def random_map(self, video, rng):
     spec = self.spec
     indices = clip_indices(len(video["frames"]), spec.num_frames, spec.gap, rng)
-    named = self._frames(video, indices)
+    named = named_frames(video, indices)
     (first, frame0), frames = named[0], [f for _, f in named]
     height, width = frame0.shape[:2]
     for where, f in named:
@@ -209,6 +211,55 @@ class SampleClip(grain.transforms.RandomMap):
       clip = clip[:, :, ::-1]
     views = {name: photometric(clip, spec, rng) for name in ("student", "teacher")}
     return {k: np.round(v * 255.0).astype(np.uint8) for k, v in views.items()}
+
+
+def jittered_box(box, height: int, width: int, scale: float, shift: float, rng):
+  """A crop near `box` (top, left, h, w): each side scaled by a factor in
+  [1/scale, scale] (capped by the frame), the centre moved by up to `shift`
+  of the side, then slid back inside the frame. Two such crops overlap, so
+  their views share content at different positions and scales."""
+  top, left, h, w = box
+  factor = np.exp(rng.uniform(-np.log(scale), np.log(scale)))
+  new_h, new_w = min(height, max(1, round(h * factor))), min(width, max(1, round(w * factor)))
+  centre_y = top + h / 2 + rng.uniform(-shift, shift) * h
+  centre_x = left + w / 2 + rng.uniform(-shift, shift) * w
+  new_top = int(np.clip(round(centre_y - new_h / 2), 0, height - new_h))
+  new_left = int(np.clip(round(centre_x - new_w / 2), 0, width - new_w))
+  return new_top, new_left, new_h, new_w
+
+
+class SampleViews(grain.transforms.RandomMap):
+  """Video record -> two views of one random frame for encoder pretraining:
+  {'views': (2, H, W, 3) uint8, 'boxes': (2, 5) float32}. The first view is a
+  random resized crop, the second a jittered crop near it (`jittered_box`);
+  each view has its own flip and photometric draw. A box row is (top, left,
+  height, width, flipped) of the crop as fractions of the frame, so a pixel of
+  one view can be located in the other (`pretrain.corresponding_points`)."""
+
+  def __init__(self, spec: ClipSpec, view_scale: float, view_shift: float):
+    self.spec = spec
+    self.view_scale = view_scale
+    self.view_shift = view_shift
+
+  def random_map(self, video, rng):
+    spec = self.spec
+    index = int(rng.integers(0, len(video["frames"])))
+    (_, frame), = named_frames(video, [index])
+    height, width = frame.shape[:2]
+    out_h, out_w = spec.resolution
+    first = random_crop_box(height, width, spec.crop_scale, spec.crop_ratio, rng)
+    second = jittered_box(first, height, width, self.view_scale, self.view_shift, rng)
+    views, boxes = [], []
+    for top, left, h, w in (first, second):
+      view = np.asarray(Image.fromarray(frame[top:top + h, left:left + w]).resize(
+          (out_w, out_h), Image.BILINEAR)).astype(np.float32)[None] / 255.0
+      flipped = rng.uniform() < spec.hflip_prob
+      if flipped:
+        view = view[:, :, ::-1]
+      views.append(photometric(view, spec, rng)[0])
+      boxes.append((top / height, left / width, h / height, w / width, float(flipped)))
+    return {"views": np.round(np.stack(views) * 255.0).astype(np.uint8),
+            "boxes": np.asarray(boxes, np.float32)}
 
 
 def make_source(config: ml_collections.ConfigDict, workdir: str):
@@ -259,10 +310,12 @@ class ProcessShard(grain.MapDataset):
 
 
 def build_dataset(source, spec: ClipSpec, *, seed: int, global_batch: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-  """Batched, infinite MapDataset of this process's share of every global batch."""
+                  process_index: int = 0, process_count: int = 1,
+                  sample=None) -> grain.MapDataset:
+  """Batched, infinite MapDataset of this process's share of every global batch;
+  `sample` turns a video into an example (default: `SampleClip(spec)`)."""
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-  ds = ds.random_map(SampleClip(spec), seed=seed)
+  ds = ds.random_map(sample or SampleClip(spec), seed=seed)
   ds = ProcessShard(ds, global_batch, process_index, process_count)
   return ds.batch(local_batch_size(global_batch, process_count), drop_remainder=True)
 

@@ -8,7 +8,10 @@ cos(S_n, O_np) >= tau2 alone (the authors' eval_multi.py); its mask is the
 semantic mask times the instance mask. Instances are linked from clip to clip by
 matching their object vectors within each semantic, so a proposal keeps its id
 through the video. Each pixel goes to the (n, p) with the largest mask; pixels
-won by a non-candidate are background.
+won by a non-candidate are background. Optionally (eval.background='border', ours:
+the paper keeps every candidate) a proposal that lies on the frame's border much
+more than inside it is background too: stuff fills the frame to its edges,
+things sit inside it.
 """
 
 import dataclasses
@@ -24,6 +27,7 @@ from smtc_jax.losses import l2_normalize
 from smtc_jax.matching import bipartite_match
 
 CANDIDATE_RULES = ("eq11", "score")  # eval.candidates
+BACKGROUND_RULES = ("none", "border")  # eval.background
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +96,20 @@ def upsampled_argmax(maps, size: tuple[int, int]) -> np.ndarray:
   return np.asarray(jnp.argmax(big, axis=-1))
 
 
+def border_background(ids: np.ndarray, ratio: float) -> np.ndarray:
+  """(max id + 1,) bool: the ids whose share of the frame border, over all
+  frames, is at least `ratio` times their share of the frames. ids: (F, H, W)."""
+  count = int(ids.max()) + 1
+  border = np.zeros(ids.shape[1:], bool)
+  border[0] = border[-1] = border[:, 0] = border[:, -1] = True
+  area = np.bincount(ids.ravel(), minlength=count) / ids.size
+  on_border = np.bincount(ids[:, border].ravel(), minlength=count) / ids[:, border].size
+  return (area > 0) & (on_border >= ratio * area)
+
+
 def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: tuple[int, int],
-             candidates: Candidates, max_proposals: int, first_stage_only: bool = False):
+             candidates: Candidates, max_proposals: int, first_stage_only: bool = False,
+             background: str = "none", border_ratio: float = 0.5):
   """Label maps of a video from the model outputs of its clips.
 
   outputs: model outputs with a leading clip axis (C, T, ...). With
@@ -101,8 +117,12 @@ def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: 
   themselves: semantic n is a candidate in a frame when its binarised mask
   covers at least tau1 of it (the first criterion of eq. 11). Returns
   (proposals (F, H, W) uint8 with ids 1..K <= max_proposals, semantic (F, H, W)
-  uint8 argmax semantic + 1), for all C * T frames (the caller drops the padding).
+  uint8 argmax semantic + 1) of the video's num_frames frames (the padding of
+  the last clip dropped). `background`: 'none' or 'border' (border_background at
+  border_ratio, over the video).
   """
+  if background not in BACKGROUND_RULES:
+    raise ValueError(f"eval.background must be one of {BACKGROUND_RULES}, got {background!r}")
   kept = candidates.of(outputs)  # (C, T, N, P)
   c, t, n, p = kept.shape
   order = link_instances(np.asarray(l2_normalize(jnp.mean(outputs["objects"], axis=1))))
@@ -123,10 +143,12 @@ def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: 
   semantic_map = winner if first_stage_only else np.stack(
       [upsampled_argmax(m, image_size) for m in semantic])
   is_candidate = np.take_along_axis(candidate[:, None, None, :], winner[..., None], -1)[..., 0]
-  ids = np.where(is_candidate, winner + 1, 0)
+  ids = np.where(is_candidate, winner + 1, 0)[:num_frames]
+  if background == "border":
+    ids = np.where(border_background(ids, border_ratio)[ids], 0, ids)
   # Renumber by area; keep the largest max_proposals.
   area = np.bincount(ids.ravel(), minlength=n * p + 1)[1:]
   ranked = [i for i in np.argsort(-area) if area[i] > 0][:max_proposals]
   lookup = np.zeros(n * p + 1, np.uint8)
   lookup[np.asarray(ranked, np.int64) + 1] = np.arange(1, len(ranked) + 1)
-  return lookup[ids], (semantic_map + 1).astype(np.uint8)
+  return lookup[ids], (semantic_map[:num_frames] + 1).astype(np.uint8)

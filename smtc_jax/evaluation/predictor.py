@@ -110,11 +110,10 @@ class Predictor:
   def proposals(self, variables, frames):
     """(proposals, semantic): (F, H, W) uint8 label maps of a (F, H, W, 3) video."""
     e = self.config.eval
-    proposals, semantic = discovery.discover(
-        self.clips(variables, frames), self.config.data.num_frames, frames.shape[1:3],
-        self.grid, self.candidates, e.max_proposals, e.first_stage_only)
-    count = frames.shape[0]
-    return proposals[:count], semantic[:count]
+    return discovery.discover(
+        self.clips(variables, frames), frames.shape[0], frames.shape[1:3], self.grid,
+        self.candidates, e.max_proposals, e.first_stage_only, background=e.background,
+        border_ratio=e.border_ratio)
 
   def feature_size(self, image_size):
     """Frames for label propagation keep their resolution (or are scaled so their

@@ -18,9 +18,9 @@ SHORT = {"iou": "IoU", "jf_discovery": "J&F disc.", "jf_propagation": "J&F prop.
 LABELS = {"trained": "trained", "untrained": "untrained", "trivial": "trivial*"}
 
 
-def draw_overlay(path: str, frames, semantic, proposals, every: int = 4) -> None:
-  """A PNG strip: frames on top, semantic masks, then instance proposals, in the
-  DAVIS palette blended over the frames."""
+def overlay_strip(frames, semantic, proposals, every: int = 4) -> np.ndarray:
+  """(H', W', 3) uint8 strip: every `every`-th frame on top, its semantic masks,
+  then its instance proposals, in the DAVIS palette blended over the frames."""
   colours = palette.davis_palette()
   picks = range(0, frames.shape[0], every)
   rows = []
@@ -32,8 +32,13 @@ def draw_overlay(path: str, frames, semantic, proposals, every: int = 4) -> None
         image = 0.45 * image + 0.55 * colours[labels[t]]
       row.append(image)
     rows.append(np.concatenate(row, axis=1))
+  return np.concatenate(rows, axis=0).astype(np.uint8)
+
+
+def draw_overlay(path: str, frames, semantic, proposals) -> None:
+  """`overlay_strip` as a PNG file."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(np.concatenate(rows, axis=0).astype(np.uint8)).save(path)
+  Image.fromarray(overlay_strip(frames, semantic, proposals)).save(path)
 
 
 def write_predictions(out_dir: str, video, predictions: dict, overlay: bool) -> None:

@@ -1,0 +1,43 @@
+"""Learning you can watch: a quick object-discovery evaluation inside training.
+
+Every train.eval_every steps, process 0 runs discovery on the first
+train.eval_videos videos of the evaluation benchmark (`--mode=eval`'s data) with
+the evaluated weights (eval.params) and reports single-object IoU and
+multi-object J&F, plus one overlay strip (frames, semantic masks, proposals),
+for TensorBoard. The figures are those `--mode=eval` computes, on fewer videos.
+"""
+
+import jax
+import ml_collections
+import numpy as np
+
+from smtc_jax.evaluation import evaluate, writers
+from smtc_jax.evaluation.predictor import Predictor
+from smtc_jax.models import smtc
+
+
+def local_copy(tree):
+  """Numpy copies of replicated arrays, from this process's own shard (works on
+  one host and on many, where a global array is not fully addressable)."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+class TrainingMonitor:
+  """Discovery figures and an overlay of a train state on a few held-out videos."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    _, names, load = evaluate.benchmark_data(config, workdir)
+    self.videos = [load(name) for name in names[:config.train.eval_videos]]
+    self.predictor = Predictor(config)
+    self.params = config.eval.params
+
+  def __call__(self, state) -> tuple[dict[str, float], np.ndarray]:
+    """({'eval/iou', 'eval/jf_discovery'}, (H, W, 3) uint8 overlay strip of the
+    first video)."""
+    variables = smtc.model_variables(local_copy(getattr(state, self.params)),
+                                     local_copy(state.batch_stats))
+    figures = evaluate.discovery_scores(self.predictor, variables, self.videos)
+    video = self.videos[0]
+    proposals, semantic = self.predictor.proposals(variables, video.frames)
+    strip = writers.overlay_strip(video.frames, semantic, proposals)
+    return {f"eval/{k}": v for k, v in figures.items()}, strip
