@@ -1,3 +1,5 @@
+import glob
+import json
 import os
 
 import numpy as np
@@ -45,8 +47,18 @@ def test_eval_mode_reports_the_model_and_both_baselines(tmp_path, capsys):
   s.num_train, s.num_val, s.size, s.num_frames = 2, 2, 48, 10
   config.train.num_steps = 2
   config.train.async_checkpoints = False
+  config.train.eval_every, config.train.eval_videos = 1, 1  # the in-training monitor
   config.eval.max_videos = 2
   train.train_and_evaluate(config, str(tmp_path))
+  # Every step wrote the quick discovery figures, and TensorBoard got the overlay.
+  with open(tmp_path / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  watched = [row for row in rows if "eval/iou" in row]
+  assert [row["step"] for row in watched] == [1, 2]
+  assert all(0.0 <= row["eval/jf_discovery"] <= 1.0 for row in watched)
+  events = glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+  assert events and any(b"eval/overlay" in open(e, "rb").read() for e in events)
+  assert "eval at step 2 (1 videos) | iou" in capsys.readouterr().out
   summary = evaluate.evaluate(config, str(tmp_path))
   assert set(summary) == {"trained", "untrained", "trivial"}
   for row in summary.values():
@@ -90,6 +102,20 @@ def test_eval_mode_reports_the_model_and_both_baselines(tmp_path, capsys):
   with np.load(tmp_path / "eval" / "jhmdb" / "keypoints" / "wave_clip0.npz") as saved:
     assert saved["xy"].shape == (6, 6, 2) and saved["visible"].shape == (6, 6)
   assert os.path.exists(out / "results.csv")  # not overwritten by the others
+
+
+def test_border_background_drops_what_fills_the_frame_edges():
+  ids = np.ones((2, 8, 8), np.int64)  # 1: background around...
+  ids[:, 2:5, 2:5] = 2  # ...an object inside the frame,
+  ids[:, 5:8, 5:8] = 3  # one in a corner,
+  ids[1, 0:2, 0:3] = 4  # and a patch in another corner of the second frame.
+  # Shares of the 128 cells / of the 56 border cells of both frames:
+  # 1: 86/128 and 42/56; 2: 18/128 and 0; 3: 18/128 and 10/56; 4: 6/128 and 4/56.
+  np.testing.assert_array_equal(discovery.border_background(ids, ratio=0.5),
+                                [False, True, False, True, True])
+  # With ratio 1.5, only what is 1.5 times as common on the border as inside goes.
+  np.testing.assert_array_equal(discovery.border_background(ids, ratio=1.5),
+                                [False, False, False, False, True])
 
 
 def test_first_stage_only_proposals_are_the_large_semantic_masks():
