@@ -228,6 +228,9 @@ def get_pretrain_config() -> ml_collections.ConfigDict:
   p.crop_scale = (0.4, 1.0)
   p.view_scale = 1.3
   p.view_shift = 0.5
+  # The second view's frame is up to frame_gap frames from the first's (0: the
+  # same frame); what moves in between is matched by its box position.
+  p.frame_gap = 0
   return p
 
 

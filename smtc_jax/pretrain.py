@@ -221,7 +221,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   dataset = pipeline.build_dataset(
       source, view_spec(config), seed=config.seed + 1, global_batch=p.batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      sample=pipeline.SampleViews(view_spec(config), p.view_scale, p.view_shift))
+      sample=pipeline.SampleViews(view_spec(config), p.view_scale, p.view_shift, p.frame_gap))
   data_iter = pipeline.make_iterator(dataset, config.data.num_workers, config.data.prefetch)
   model, optimizer = build_model(config), make_optimizer(config)
   init = functools.partial(init_state, config, model, optimizer)

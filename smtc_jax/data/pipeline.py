@@ -229,29 +229,35 @@ def jittered_box(box, height: int, width: int, scale: float, shift: float, rng):
 
 
 class SampleViews(grain.transforms.RandomMap):
-  """Video record -> two views of one random frame for encoder pretraining:
+  """Video record -> two views of a frame for encoder pretraining:
   {'views': (2, H, W, 3) uint8, 'boxes': (2, 5) float32}. The first view is a
-  random resized crop, the second a jittered crop near it (`jittered_box`);
-  each view has its own flip and photometric draw. A box row is (top, left,
-  height, width, flipped) of the crop as fractions of the frame, so a pixel of
-  one view can be located in the other (`pretrain.corresponding_points`)."""
+  random resized crop of a random frame, the second a jittered crop near it
+  (`jittered_box`) of the same frame, or with `frame_gap` > 0 of a frame up to
+  that many frames away (objects move a little between the two, so the features
+  learn to follow them); each view has its own flip and photometric draw. A box
+  row is (top, left, height, width, flipped) of the crop as fractions of the
+  frame, so a pixel of one view can be located in the other
+  (`pretrain.corresponding_points`)."""
 
-  def __init__(self, spec: ClipSpec, view_scale: float, view_shift: float):
+  def __init__(self, spec: ClipSpec, view_scale: float, view_shift: float, frame_gap: int = 0):
     self.spec = spec
     self.view_scale = view_scale
     self.view_shift = view_shift
+    self.frame_gap = frame_gap
 
   def random_map(self, video, rng):
     spec = self.spec
-    index = int(rng.integers(0, len(video["frames"])))
-    (_, frame), = named_frames(video, [index])
+    count = len(video["frames"])
+    index = int(rng.integers(0, count))
+    other = int(np.clip(index + rng.integers(-self.frame_gap, self.frame_gap + 1), 0, count - 1))
+    (_, frame), (_, other_frame) = named_frames(video, [index, other])
     height, width = frame.shape[:2]
     out_h, out_w = spec.resolution
     first = random_crop_box(height, width, spec.crop_scale, spec.crop_ratio, rng)
     second = jittered_box(first, height, width, self.view_scale, self.view_shift, rng)
     views, boxes = [], []
-    for top, left, h, w in (first, second):
-      view = np.asarray(Image.fromarray(frame[top:top + h, left:left + w]).resize(
+    for image, (top, left, h, w) in ((frame, first), (other_frame, second)):
+      view = np.asarray(Image.fromarray(image[top:top + h, left:left + w]).resize(
           (out_w, out_h), Image.BILINEAR)).astype(np.float32)[None] / 255.0
       flipped = rng.uniform() < spec.hflip_prob
       if flipped:
