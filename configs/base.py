@@ -220,16 +220,13 @@ def get_pretrain_config() -> ml_collections.ConfigDict:
   p.temperature = 0.1  # student softmax temperature (DINO's)
   p.sinkhorn_epsilon = 0.05  # entropic regularisation of the teacher's balanced assignment
   p.sinkhorn_iters = 3  # as SwAV's Sinkhorn-Knopp
-  # Views: a random crop (area fraction crop_scale) resized to `resolution`, and
-  # a second crop near it: sides scaled by up to view_scale, centre moved by up
-  # to view_shift of the side. Views smaller than the training frames are cheap
-  # (DINO's local crops); the position embedding is interpolated to their grid.
+  # Views (DINO's global and local crops, both `resolution`): the global one a
+  # random crop of crop_scale of the frame's area, the local one a crop inside it
+  # whose sides are local_side of the global crop's; the local view's frame is up
+  # to frame_gap frames from the global one's (0: the same frame).
   p.resolution = (224, 224)
   p.crop_scale = (0.4, 1.0)
-  p.view_scale = 1.3
-  p.view_shift = 0.5
-  # The second view's frame is up to frame_gap frames from the first's (0: the
-  # same frame); what moves in between is matched by its box position.
+  p.local_side = (0.4, 0.7)
   p.frame_gap = 0
   return p
 

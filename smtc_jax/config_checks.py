@@ -221,7 +221,7 @@ def check_pretrain(config) -> list[str]:
           *above(config, "pretrain.sinkhorn_epsilon", 0.0),
           *at_least(config, "pretrain.sinkhorn_iters", 1),
           *_ordered_pair(config, "pretrain.crop_scale", 0.0, 1.0),
-          *at_least(config, "pretrain.view_scale", 1.0), *at_least(config, "pretrain.view_shift", 0.0),
+          *_ordered_pair(config, "pretrain.local_side", 0.0, 1.0),
           *at_least(config, "pretrain.frame_gap", 0)]
   if config.model.encoder != "vit":
     out.append(f"pretrain.num_steps={p.num_steps} pretrains the ViT; model.encoder is "

@@ -3,10 +3,11 @@
 SMTC organises features that already separate things (paper Sec. 4.2 starts
 from DINO). Where no such checkpoint exists, this stage makes one on the
 training frames themselves: dense self-distillation in DINO's teacher-student
-form. Two views of a frame (own random resized crop, flip and colour draw) go
-through a student ViT and its EMA teacher; every student token predicts, over K
-learned prototypes, the teacher's assignment at the same point of the frame in
-the other view. The teacher's assignments are balanced over the prototypes by
+form, densely: a global view of a frame (a large crop, zoomed out) goes through
+the EMA teacher, a local view inside it (magnified) through the student, and
+every student token predicts, over K learned prototypes, the teacher's
+assignment at the same point of the frame in the global view: a patch must tell
+what the wider view around it shows (DINO's local-to-global crops). The teacher's assignments are balanced over the prototypes by
 Sinkhorn-Knopp (as SwAV and DINOv2 centre their teachers), so no centring state
 is needed. Because the crops differ, a token's position in its view says
 nothing about its content's position in the other view: the features must
@@ -120,32 +121,29 @@ def balanced_assignments(scores, *, epsilon: float, num_iters: int):
 
 def dense_distillation_loss(student, teacher, boxes, *, temperature: float, epsilon: float,
                             num_iters: int):
-  """Cross entropy of student tokens against the teacher's balanced assignment
-  at the same frame point in the other view, both directions, over the pairs
-  that fall inside both views.
+  """Cross entropy of the local view's student tokens against the teacher's
+  balanced assignment on the global view at the same frame point (DINO's
+  local-to-global direction: a magnified patch must tell what the wider view
+  around it shows).
 
-  student, teacher: (B, 2, h, w, K) prototype scores; boxes: (B, 2, 5).
-  Returns (loss, metrics).
+  student, teacher: (B, 2, h, w, K) prototype scores of (global, local) views;
+  boxes: (B, 2, 5). Returns (loss, metrics).
   """
   b, _, h, w, k = teacher.shape
-  targets = jax.vmap(lambda s: balanced_assignments(
-      s.reshape(-1, k), epsilon=epsilon, num_iters=num_iters).reshape(b, h, w, k),
-                     in_axes=1, out_axes=1)(jax.lax.stop_gradient(teacher))  # (B, 2, h, w, K)
+  global_view, local_view = 0, 1
+  targets = balanced_assignments(jax.lax.stop_gradient(teacher[:, global_view]).reshape(-1, k),
+                                 epsilon=epsilon, num_iters=num_iters).reshape(b, h, w, k)
   centres = jnp.asarray(token_centres(h, w))
-  total, count, agree = 0.0, 0.0, 0.0
-  for src, dst in ((0, 1), (1, 0)):
-    points, inside = jax.vmap(corresponding_points, in_axes=(None, 0, 0))(
-        centres, boxes[:, src], boxes[:, dst])  # (B, L, 2), (B, L)
-    target = jax.vmap(bilinear_sample)(targets[:, dst], points)  # (B, L, K)
-    log_student = jax.nn.log_softmax(student[:, src].reshape(b, h * w, k) / temperature, -1)
-    weight = inside.astype(jnp.float32)
-    total += jnp.sum(weight * -jnp.sum(target * log_student, -1))
-    agree += jnp.sum(weight * (jnp.argmax(target, -1) == jnp.argmax(log_student, -1)))
-    count += jnp.sum(weight)
-  count = jnp.maximum(count, 1.0)
-  used = jnp.mean(jnp.any(jax.nn.one_hot(jnp.argmax(targets, -1), k) > 0, axis=(0, 1, 2, 3)))
-  return total / count, {"agreement": agree / count, "prototypes_used": used,
-                         "overlap": count / (2 * b * h * w)}
+  points, inside = jax.vmap(corresponding_points, in_axes=(None, 0, 0))(
+      centres, boxes[:, local_view], boxes[:, global_view])  # (B, L, 2), (B, L)
+  target = jax.vmap(bilinear_sample)(targets, points)  # (B, L, K)
+  log_student = jax.nn.log_softmax(student[:, local_view].reshape(b, h * w, k) / temperature, -1)
+  weight = inside.astype(jnp.float32)
+  count = jnp.maximum(jnp.sum(weight), 1.0)
+  loss = jnp.sum(weight * -jnp.sum(target * log_student, -1)) / count
+  agree = jnp.sum(weight * (jnp.argmax(target, -1) == jnp.argmax(log_student, -1))) / count
+  used = jnp.mean(jnp.any(jax.nn.one_hot(jnp.argmax(targets, -1), k) > 0, axis=(0, 1, 2)))
+  return loss, {"agreement": agree, "prototypes_used": used, "overlap": count / (b * h * w)}
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -168,18 +166,19 @@ def init_state(config, model, optimizer, rng) -> train.TrainState:
 
 
 def pretrain_step(state: train.TrainState, batch, *, config, model, optimizer):
-  """One step: student and teacher on both views, the dense loss, AdamW, EMA.
-  batch: {'views': (B, 2, H, W, 3) uint8, 'boxes': (B, 2, 5)}."""
+  """One step: the teacher on the global views, the student on the local ones,
+  the dense loss, AdamW, EMA. batch: {'views': (B, 2, H, W, 3) uint8 (global,
+  local), 'boxes': (B, 2, 5)}."""
   p = config.pretrain
-  b = batch["views"].shape[0]
-  images = smtc.normalize(batch["views"].reshape(-1, *batch["views"].shape[2:]), config)
-  unflatten = lambda x: x.reshape(b, 2, *x.shape[1:])
-  teacher = unflatten(model.apply({"params": state.ema_params}, images))
+  views = smtc.normalize(batch["views"], config)
+  teacher = model.apply({"params": state.ema_params}, views[:, 0])  # (B, h, w, K)
 
   def loss_fn(params):
-    student = unflatten(model.apply({"params": params}, images))
-    return dense_distillation_loss(student, teacher, batch["boxes"], temperature=p.temperature,
-                                   epsilon=p.sinkhorn_epsilon, num_iters=p.sinkhorn_iters)
+    student = model.apply({"params": params}, views[:, 1])
+    both = lambda local: jnp.stack([teacher, local], axis=1)  # (B, 2, h, w, K)
+    return dense_distillation_loss(both(student), both(teacher), batch["boxes"],
+                                   temperature=p.temperature, epsilon=p.sinkhorn_epsilon,
+                                   num_iters=p.sinkhorn_iters)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -221,7 +220,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   dataset = pipeline.build_dataset(
       source, view_spec(config), seed=config.seed + 1, global_batch=p.batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      sample=pipeline.SampleViews(view_spec(config), p.view_scale, p.view_shift, p.frame_gap))
+      sample=pipeline.SampleViews(view_spec(config), p.local_side, p.frame_gap))
   data_iter = pipeline.make_iterator(dataset, config.data.num_workers, config.data.prefetch)
   model, optimizer = build_model(config), make_optimizer(config)
   init = functools.partial(init_state, config, model, optimizer)

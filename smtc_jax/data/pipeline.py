@@ -213,36 +213,31 @@ class SampleClip(grain.transforms.RandomMap):
     return {k: np.round(v * 255.0).astype(np.uint8) for k, v in views.items()}
 
 
-def jittered_box(box, height: int, width: int, scale: float, shift: float, rng):
-  """A crop near `box` (top, left, h, w): each side scaled by a factor in
-  [1/scale, scale] (capped by the frame), the centre moved by up to `shift`
-  of the side, then slid back inside the frame. Two such crops overlap, so
-  their views share content at different positions and scales."""
+def inner_box(box, side: tuple[float, float], rng):
+  """A crop inside `box` (top, left, h, w) whose sides are a fraction in `side`
+  of its sides (the same fraction for both), at a random place in it."""
   top, left, h, w = box
-  factor = np.exp(rng.uniform(-np.log(scale), np.log(scale)))
-  new_h, new_w = min(height, max(1, round(h * factor))), min(width, max(1, round(w * factor)))
-  centre_y = top + h / 2 + rng.uniform(-shift, shift) * h
-  centre_x = left + w / 2 + rng.uniform(-shift, shift) * w
-  new_top = int(np.clip(round(centre_y - new_h / 2), 0, height - new_h))
-  new_left = int(np.clip(round(centre_x - new_w / 2), 0, width - new_w))
-  return new_top, new_left, new_h, new_w
+  fraction = rng.uniform(*side)
+  inner_h, inner_w = max(1, round(h * fraction)), max(1, round(w * fraction))
+  return (top + int(rng.integers(0, h - inner_h + 1)), left + int(rng.integers(0, w - inner_w + 1)),
+          inner_h, inner_w)
 
 
 class SampleViews(grain.transforms.RandomMap):
-  """Video record -> two views of a frame for encoder pretraining:
-  {'views': (2, H, W, 3) uint8, 'boxes': (2, 5) float32}. The first view is a
-  random resized crop of a random frame, the second a jittered crop near it
-  (`jittered_box`) of the same frame, or with `frame_gap` > 0 of a frame up to
-  that many frames away (objects move a little between the two, so the features
-  learn to follow them); each view has its own flip and photometric draw. A box
-  row is (top, left, height, width, flipped) of the crop as fractions of the
-  frame, so a pixel of one view can be located in the other
-  (`pretrain.corresponding_points`)."""
+  """Video record -> a global and a local view of a frame for encoder
+  pretraining: {'views': (2, H, W, 3) uint8, 'boxes': (2, 5) float32}. The
+  global view is a random resized crop (spec.crop_scale of the frame's area),
+  the local one a crop inside it (`inner_box`, local_side of its sides) resized
+  to the same size, so it shows its part of the frame magnified (DINO's global
+  and local crops). With `frame_gap` > 0 the local view comes from a frame up to
+  that many frames away (objects move a little in between). Each view has its
+  own flip and photometric draw. A box row is (top, left, height, width,
+  flipped) of the crop as fractions of the frame, so a pixel of one view can be
+  located in the other (`pretrain.corresponding_points`)."""
 
-  def __init__(self, spec: ClipSpec, view_scale: float, view_shift: float, frame_gap: int = 0):
+  def __init__(self, spec: ClipSpec, local_side: tuple[float, float], frame_gap: int = 0):
     self.spec = spec
-    self.view_scale = view_scale
-    self.view_shift = view_shift
+    self.local_side = tuple(local_side)
     self.frame_gap = frame_gap
 
   def random_map(self, video, rng):
@@ -253,10 +248,10 @@ class SampleViews(grain.transforms.RandomMap):
     (_, frame), (_, other_frame) = named_frames(video, [index, other])
     height, width = frame.shape[:2]
     out_h, out_w = spec.resolution
-    first = random_crop_box(height, width, spec.crop_scale, spec.crop_ratio, rng)
-    second = jittered_box(first, height, width, self.view_scale, self.view_shift, rng)
+    outer = random_crop_box(height, width, spec.crop_scale, spec.crop_ratio, rng)
+    inner = inner_box(outer, self.local_side, rng)
     views, boxes = [], []
-    for image, (top, left, h, w) in ((frame, first), (other_frame, second)):
+    for image, (top, left, h, w) in ((frame, outer), (other_frame, inner)):
       view = np.asarray(Image.fromarray(image[top:top + h, left:left + w]).resize(
           (out_w, out_h), Image.BILINEAR)).astype(np.float32)[None] / 255.0
       flipped = rng.uniform() < spec.hflip_prob
