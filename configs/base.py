@@ -260,6 +260,15 @@ def get_eval_config() -> ml_collections.ConfigDict:
   # border_ratio times their share of the frame (stuff reaches the edges).
   e.background = "none"  # none | border
   e.border_ratio = 0.5
+  # How a proposal keeps its id through the video: 'slots' (paper: the instance
+  # slots, linked clip to clip by their object vectors) or 'components' (ours: the
+  # proposals' union cut into connected components of at least track_min_area of
+  # the frame, linked frame to frame by mask IoU >= track_min_iou, a lost object
+  # picked up again within track_max_gap frames).
+  e.tracks = "slots"  # slots | components
+  e.track_min_area = 0.0025
+  e.track_min_iou = 0.2
+  e.track_max_gap = 3
   # Label propagation (CRW protocol; the code's eval_prop.sh).
   # The features it compares (models/smtc.py FEATURES): the encoder's output tokens
   # F_t (eq. 1; paper), or the last block's output before the final LayerNorm

@@ -56,4 +56,8 @@ def get_config():
   # border is background (ours, README).
   config.eval.candidates = "score"
   config.eval.background = "border"
+  # Proposals keep their id through the video as connected components tracked
+  # frame to frame (ours): J&F 0.30 against 0.16 with the slots' own ids, whose
+  # identities switch from clip to clip (README).
+  config.eval.tracks = "components"
   return config

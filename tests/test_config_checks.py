@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from smtc_jax import config_checks
+from smtc_jax.evaluation import discovery
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["base", "reference", "tiny", "cpu_synthetic", "tpu_v4", "gpu"]
@@ -24,7 +25,8 @@ STRING_OPTIONS = {
     "loss.instance_form": config_checks.INSTANCE_FORMS, "data.source": config_checks.DATA_SOURCES,
     "data.layout": config_checks.LAYOUTS, "train.ema_scope": config_checks.EMA_SCOPES,
     "init.scope": config_checks.INIT_SCOPES, "eval.unsupervised_matching": config_checks.MATCHINGS,
-    "eval.params": config_checks.EVAL_PARAMS,
+    "eval.params": config_checks.EVAL_PARAMS, "eval.candidates": discovery.CANDIDATE_RULES,
+    "eval.background": discovery.BACKGROUND_RULES, "eval.tracks": discovery.TRACK_RULES,
 }
 
 

@@ -36,6 +36,63 @@ def test_instances_are_linked_across_clips_by_their_object_vectors():
     np.testing.assert_allclose(second[n][order[1, n]], base[n])
 
 
+def test_components_keep_the_large_connected_regions():
+  foreground = np.zeros((8, 8), bool)
+  foreground[0:3, 0:3] = True  # 9 pixels
+  foreground[5:8, 4:8] = True  # 12 pixels
+  foreground[0, 7] = True  # 1 pixel: too small
+  foreground[3, 3] = True  # touches the first only diagonally: its own component
+  masks = discovery.components(foreground, min_pixels=2)
+  assert sorted(int(m.sum()) for m in masks) == [9, 12]
+  assert not any(m[0, 7] or m[3, 3] for m in masks)
+
+
+def _disc(center, radius=3, size=24):
+  y, x = np.mgrid[:size, :size]
+  return (y - center[0]) ** 2 + (x - center[1]) ** 2 <= radius**2
+
+
+def test_segments_keep_their_track_through_motion_order_and_a_short_gap():
+  # Two discs move right one pixel a frame; each frame lists them in another
+  # order; disc B is missing in frames 3-4 (a gap of 2 frames).
+  frames = []
+  for t in range(7):
+    a, b = _disc((6, 4 + t)), _disc((17, 4 + t))
+    frames.append([a] if t in (3, 4) else ([b, a] if t % 2 else [a, b]))
+  ids = discovery.link_segments(frames, min_iou=0.2, max_gap=3)
+  track_of = lambda t, row: next(i for m, i in zip(frames[t], ids[t]) if m[row].any())
+  assert {track_of(t, 6) for t in range(7)} == {track_of(0, 6)}  # disc A: one id
+  assert {track_of(t, 17) for t in (0, 1, 2, 5, 6)} == {track_of(0, 17)}  # B keeps its id
+  assert track_of(0, 6) != track_of(0, 17)
+  # A gap longer than max_gap, or a jump with no overlap, starts a new track.
+  late = discovery.link_segments(frames, min_iou=0.2, max_gap=1)
+  assert late[5][[i for i, m in enumerate(frames[5]) if m[17].any()][0]] == 2
+  jump = discovery.link_segments([[_disc((6, 4))], [_disc((6, 16))]], min_iou=0.2, max_gap=3)
+  assert jump == [[0], [1]]
+
+
+def test_component_tracks_give_each_object_one_id_through_the_video():
+  foreground = np.stack([_disc((6, 4 + t)) | _disc((17, 20 - t)) for t in range(5)])
+  foreground[2] |= _disc((12, 12), radius=0)  # one stray pixel: below min_area
+  tracks = discovery.component_tracks(
+      foreground, discovery.Tracking("components", min_area=0.01, min_iou=0.2, max_gap=3))
+  assert set(np.unique(tracks)) == {0, 1, 2}
+  a = [tracks[t, 6, 4 + t] for t in range(5)]  # at each disc's centre
+  b = [tracks[t, 17, 20 - t] for t in range(5)]
+  assert len(set(a)) == 1 and len(set(b)) == 1 and 0 not in a + b and a[0] != b[0]
+  assert tracks[2, 12, 12] == 0
+
+
+def test_tracking_rule_comes_from_the_config():
+  config = tiny.get_config()
+  assert discovery.Tracking.from_config(config).rule == "slots"
+  config.eval.tracks, config.eval.track_min_iou = "components", 0.3
+  assert discovery.Tracking.from_config(config) == discovery.Tracking("components", 0.0025, 0.3, 3)
+  config.eval.tracks = "foo"
+  with pytest.raises(ValueError, match="eval.tracks"):
+    discovery.Tracking.from_config(config)
+
+
 @pytest.mark.slow
 def test_eval_mode_reports_the_model_and_both_baselines(tmp_path, capsys):
   config = tiny.get_config()

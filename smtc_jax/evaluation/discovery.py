@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
+from scipy import ndimage, optimize
 
 from smtc_jax import losses
 from smtc_jax.losses import l2_normalize
@@ -28,6 +29,27 @@ from smtc_jax.matching import bipartite_match
 
 CANDIDATE_RULES = ("eq11", "score")  # eval.candidates
 BACKGROUND_RULES = ("none", "border")  # eval.background
+TRACK_RULES = ("slots", "components")  # eval.tracks
+
+
+@dataclasses.dataclass(frozen=True)
+class Tracking:
+  """How proposals keep their id through a video (eval.tracks): 'slots' (the
+  instances' own ids, linked clip to clip by their object vectors) or
+  'components' (connected components of at least min_area of the frame,
+  linked frame to frame by mask IoU >= min_iou, a track waiting at most
+  max_gap frames for its object to reappear)."""
+  rule: str = "slots"
+  min_area: float = 0.0025
+  min_iou: float = 0.2
+  max_gap: int = 3
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "Tracking":
+    e = config.eval
+    if e.tracks not in TRACK_RULES:
+      raise ValueError(f"eval.tracks must be one of {TRACK_RULES}, got {e.tracks!r}")
+    return cls(e.tracks, e.track_min_area, e.track_min_iou, e.track_max_gap)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +129,63 @@ def border_background(ids: np.ndarray, ratio: float) -> np.ndarray:
   return (area > 0) & (on_border >= ratio * area)
 
 
+def components(foreground: np.ndarray, min_pixels: int) -> list[np.ndarray]:
+  """(H, W) bool -> its 4-connected components of at least min_pixels, as (H, W) bool masks."""
+  labels, count = ndimage.label(foreground)
+  sizes = np.bincount(labels.ravel(), minlength=count + 1)
+  return [labels == k for k in range(1, count + 1) if sizes[k] >= min_pixels]
+
+
+def mask_ious(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+  """(len(a), len(b)) IoU of two lists of (H, W) bool masks."""
+  if not a or not b:
+    return np.zeros((len(a), len(b)))
+  x = np.stack(a).reshape(len(a), -1).astype(np.float32)
+  y = np.stack(b).reshape(len(b), -1).astype(np.float32)
+  inter = x @ y.T
+  return inter / np.maximum(x.sum(1)[:, None] + y.sum(1)[None] - inter, 1.0)
+
+
+def link_segments(segments: list[list[np.ndarray]], min_iou: float, max_gap: int) -> list[list[int]]:
+  """Track ids of each frame's segments: a frame's segments are matched (Hungarian,
+  largest total IoU) to the last masks of the tracks seen within max_gap frames;
+  a pair with IoU < min_iou, or a segment left over, starts a new track.
+  segments: per frame, a list of (H, W) bool masks. Returns ids in the same nesting."""
+  last, seen, ids = [], [], []  # per track: its last mask, the frame it was last seen
+  for frame, masks in enumerate(segments):
+    live = [k for k in range(len(last)) if frame - seen[k] <= max_gap]
+    iou = mask_ious(masks, [last[k] for k in live])
+    own = [-1] * len(masks)
+    for i, j in zip(*optimize.linear_sum_assignment(iou, maximize=True)):
+      if iou[i, j] >= min_iou:
+        own[i] = live[j]
+    for i, mask in enumerate(masks):
+      if own[i] < 0:
+        own[i] = len(last)
+        last.append(mask)
+        seen.append(frame)
+      last[own[i]], seen[own[i]] = mask, frame
+    ids.append(own)
+  return ids
+
+
+def component_tracks(foreground: np.ndarray, tracking: Tracking) -> np.ndarray:
+  """(F, H, W) bool foreground -> (F, H, W) int32 track ids (0: background) of its
+  connected components, linked frame to frame (link_segments)."""
+  min_pixels = max(1, int(round(tracking.min_area * foreground[0].size)))
+  segments = [components(f, min_pixels) for f in foreground]
+  out = np.zeros(foreground.shape, np.int32)
+  for frame, (masks, ids) in enumerate(zip(segments, link_segments(
+      segments, tracking.min_iou, tracking.max_gap))):
+    for mask, track in zip(masks, ids):
+      out[frame][mask] = track + 1
+  return out
+
+
 def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: tuple[int, int],
              candidates: Candidates, max_proposals: int, first_stage_only: bool = False,
-             background: str = "none", border_ratio: float = 0.5):
+             background: str = "none", border_ratio: float = 0.5,
+             tracking: Tracking = Tracking()):
   """Label maps of a video from the model outputs of its clips.
 
   outputs: model outputs with a leading clip axis (C, T, ...). With
@@ -119,7 +195,7 @@ def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: 
   (proposals (F, H, W) uint8 with ids 1..K <= max_proposals, semantic (F, H, W)
   uint8 argmax semantic + 1) of the video's num_frames frames (the padding of
   the last clip dropped). `background`: 'none' or 'border' (border_background at
-  border_ratio, over the video).
+  border_ratio, over the video); `tracking`: how ids persist through the video.
   """
   if background not in BACKGROUND_RULES:
     raise ValueError(f"eval.background must be one of {BACKGROUND_RULES}, got {background!r}")
@@ -146,9 +222,11 @@ def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: 
   ids = np.where(is_candidate, winner + 1, 0)[:num_frames]
   if background == "border":
     ids = np.where(border_background(ids, border_ratio)[ids], 0, ids)
+  if tracking.rule == "components":
+    ids = component_tracks(ids > 0, tracking)
   # Renumber by area; keep the largest max_proposals.
-  area = np.bincount(ids.ravel(), minlength=n * p + 1)[1:]
+  area = np.bincount(ids.ravel())[1:]
   ranked = [i for i in np.argsort(-area) if area[i] > 0][:max_proposals]
-  lookup = np.zeros(n * p + 1, np.uint8)
+  lookup = np.zeros(area.size + 1, np.uint8)
   lookup[np.asarray(ranked, np.int64) + 1] = np.arange(1, len(ranked) + 1)
   return lookup[ids], (semantic_map[:num_frames] + 1).astype(np.uint8)

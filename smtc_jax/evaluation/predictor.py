@@ -91,6 +91,7 @@ class Predictor:
     self.size = tuple(config.data.resolution)
     self.grid = tuple(r // smtc.encoder_stride(config) for r in self.size)
     self.candidates = discovery.Candidates.from_config(config)
+    self.tracking = discovery.Tracking.from_config(config)
     features = config.eval.prop_features
     smtc.check_features(features, self.model.encoder, "eval.prop_features")
     rngs = smtc.model_rngs(jax.random.PRNGKey(config.seed))
@@ -113,7 +114,7 @@ class Predictor:
     return discovery.discover(
         self.clips(variables, frames), frames.shape[0], frames.shape[1:3], self.grid,
         self.candidates, e.max_proposals, e.first_stage_only, background=e.background,
-        border_ratio=e.border_ratio)
+        border_ratio=e.border_ratio, tracking=self.tracking)
 
   def feature_size(self, image_size):
     """Frames for label propagation keep their resolution (or are scaled so their

@@ -94,6 +94,9 @@ def print_summary(summary: dict, weights: dict, e, count: int, root: str) -> Non
           else "both slot-attention stages", "and",
           "eq. 11 candidates (area and score)" if e.candidates == "eq11"
           else "score-only candidates (the authors' eval_multi.py)")
+    print("proposal ids through the video:", "the instance slots', linked clip to clip"
+          if e.tracks == "slots" else "connected components tracked frame to frame (ours)",
+          "| background rule:", e.background)
   if "jf_discovery" in keys:
     protocol = ("the official once-per-video" if e.unsupervised_matching == "video"
                 else "the per-frame (authors' repo, NOT official)")
