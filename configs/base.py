@@ -260,11 +260,12 @@ def get_eval_config() -> ml_collections.ConfigDict:
   # border_ratio times their share of the frame (stuff reaches the edges).
   e.background = "none"  # none | border
   e.border_ratio = 0.5
-  # How a proposal keeps its id through the video: 'slots' (paper: the instance
-  # slots, linked clip to clip by their object vectors) or 'components' (ours: the
-  # proposals' union cut into connected components of at least track_min_area of
-  # the frame, linked frame to frame by mask IoU >= track_min_iou, a lost object
-  # picked up again within track_max_gap frames).
+  # How a proposal keeps its id through the video (the paper and the code do not
+  # say): 'slots' (the instance slots' own ids, linked clip to clip by their object
+  # vectors within each semantic) or 'components' (the proposals' union cut into
+  # connected components of at least track_min_area of the frame, linked frame to
+  # frame by mask IoU >= track_min_iou, a lost object picked up again within
+  # track_max_gap frames).
   e.tracks = "slots"  # slots | components
   e.track_min_area = 0.0025
   e.track_min_iou = 0.2

@@ -12,11 +12,11 @@ from smtc_jax import train
 from smtc_jax.evaluation import evaluate, scores
 
 # Margins over the trivial whole-frame prediction (IoU ~0.12, J&F ~0.02) on the
-# same videos. The run below reached IoU 0.45 and J&F 0.13 (seed 0); untrained,
-# the default scores 0.01 and 0.02 on the whole validation set (README, "Does
-# the default learn?").
-IOU_MARGIN = 0.15
-JF_MARGIN = 0.05
+# same videos: about half of what the run below gained (IoU 0.59, J&F 0.21 at
+# seed 0); untrained, the default scores 0.01 on both on the whole validation
+# set (README, "Does the default learn?").
+IOU_MARGIN = 0.25
+JF_MARGIN = 0.1
 
 
 def short_default_config():

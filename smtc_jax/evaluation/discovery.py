@@ -11,7 +11,11 @@ through the video. Each pixel goes to the (n, p) with the largest mask; pixels
 won by a non-candidate are background. Optionally (eval.background='border', ours:
 the paper keeps every candidate) a proposal that lies on the frame's border much
 more than inside it is background too: stuff fills the frame to its edges,
-things sit inside it.
+things sit inside it. Optionally (eval.tracks='components', ours) the ids come
+from tracking instead: the proposals' union is cut into its connected components
+in each frame and these are linked from frame to frame by mask IoU, since
+objects are spatially coherent and move little between frames while the slots'
+indices are not stable from clip to clip.
 """
 
 import dataclasses
