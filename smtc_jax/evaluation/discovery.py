@@ -164,11 +164,12 @@ def link_segments(segments: list[list[np.ndarray]], min_iou: float, max_gap: int
       if iou[i, j] >= min_iou:
         own[i] = live[j]
     for i, mask in enumerate(masks):
-      if own[i] < 0:
+      if own[i] < 0:  # a new track
         own[i] = len(last)
         last.append(mask)
         seen.append(frame)
-      last[own[i]], seen[own[i]] = mask, frame
+      else:
+        last[own[i]], seen[own[i]] = mask, frame
     ids.append(own)
   return ids
 
