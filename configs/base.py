@@ -247,6 +247,10 @@ def get_eval_config() -> ml_collections.ConfigDict:
   e.candidates = "eq11"  # eq11 | score
   e.unsupervised_matching = "video"  # video (official) | frame (authors' repo).
   e.params = "params"  # which weights are evaluated: params (student) | ema_params (teacher)
+  # The size (H, W) discovery runs the model at; () = data.resolution, the training
+  # size (the paper does not say; the code's eval_multi.py runs at (480, 800) after
+  # training at 256 x 256: a finer token grid for the same objects).
+  e.discovery_resolution = ()
   # synthetic | davis2017 | davis2016 | segtrack_v2 | fbms | jhmdb | vip (evaluation/readers.py)
   e.benchmark = "synthetic"
   e.data_path = ""  # the benchmark's folder; for synthetic, "" = the workdir's synthetic set
@@ -270,6 +274,13 @@ def get_eval_config() -> ml_collections.ConfigDict:
   e.track_min_area = 0.0025
   e.track_min_iou = 0.2
   e.track_max_gap = 3
+  # With components: a component holding at least track_merge_share of the last
+  # masks of two or more tracks (objects that came to touch) is cut between them,
+  # each pixel to the nearest of those masks (0: never cut). Only tracks seen whole
+  # in at least track_merge_min_frames frames count, so fragments of one object
+  # seen apart for a frame do not cut it in two.
+  e.track_merge_share = 0.3
+  e.track_merge_min_frames = 2
   # Label propagation (CRW protocol; the code's eval_prop.sh).
   # The features it compares (models/smtc.py FEATURES): the encoder's output tokens
   # F_t (eq. 1; paper), or the last block's output before the final LayerNorm

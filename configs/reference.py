@@ -48,8 +48,9 @@ def get_config():
   a.gray_before_jitter = True
   a.hue_space = "hsv"
   # Their inference (eval_multi.py): proposals by the score cos(S_n, O_np) >= 0.5
-  # alone, without eq. 11's area criterion.
+  # alone, without eq. 11's area criterion, the model run on frames resized to 480 x 800.
   config.eval.candidates = "score"
+  config.eval.discovery_resolution = (480, 800)
   # eval_prop.py propagates with the last block's output tokens, before the final
   # LayerNorm (not the keys that feed their slot attention).
   config.eval.prop_features = "prenorm_tokens"

@@ -255,6 +255,8 @@ def check_eval(config, mode: str) -> list[str]:
          *at_least(config, "eval.border_ratio", 0.0),
          *within(config, "eval.track_min_area", 0.0, 1.0), *at_least(config, "eval.track_max_gap", 0),
          *within(config, "eval.track_min_iou", 0.0, 1.0),
+         *within(config, "eval.track_merge_share", 0.0, 1.0),
+         *at_least(config, "eval.track_merge_min_frames", 1),
          *one_of(config, "eval.prop_features", PROP_FEATURES), *at_least(config, "eval.max_videos", 0),
          *at_least(config, "eval.max_proposals", 1), *at_least(config, "eval.prop_video_len", 1),
          *above(config, "eval.prop_radius", 0.0), *at_least(config, "eval.prop_topk", 1),
@@ -262,6 +264,12 @@ def check_eval(config, mode: str) -> list[str]:
          *at_least(config, "eval.prop_short_side", 0), *above(config, "eval.pose_sigma", 0.0),
          *at_least(config, "eval.pose_topk", 1), *at_least(config, "eval.overlays", 0),
          *_all_within(config, "eval.pck_thresholds", 0.0, float("inf"))]
+  if e.discovery_resolution and not check_model(config):
+    stride = smtc.encoder_stride(config)
+    size = tuple(e.discovery_resolution)
+    if len(size) != 2 or any(r < stride or r % stride for r in size):
+      out.append(f"eval.discovery_resolution={size!r} must be () (the training size) or two "
+                 f"multiples of the encoder stride {stride}")
   if e.benchmark == "jhmdb":
     out += one_of(config, "eval.split", JHMDB_SPLITS)
   if mode == "eval" and e.benchmark in evaluate.TASKS and e.benchmark != "synthetic":

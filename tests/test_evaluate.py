@@ -59,15 +59,15 @@ def test_segments_keep_their_track_through_motion_order_and_a_short_gap():
   for t in range(7):
     a, b = _disc((6, 4 + t)), _disc((17, 4 + t))
     frames.append([a] if t in (3, 4) else ([b, a] if t % 2 else [a, b]))
-  ids = discovery.link_segments(frames, min_iou=0.2, max_gap=3)
+  _, ids = discovery.link_segments(frames, min_iou=0.2, max_gap=3)
   track_of = lambda t, row: next(i for m, i in zip(frames[t], ids[t]) if m[row].any())
   assert {track_of(t, 6) for t in range(7)} == {track_of(0, 6)}  # disc A: one id
   assert {track_of(t, 17) for t in (0, 1, 2, 5, 6)} == {track_of(0, 17)}  # B keeps its id
   assert track_of(0, 6) != track_of(0, 17)
   # A gap longer than max_gap, or a jump with no overlap, starts a new track.
-  late = discovery.link_segments(frames, min_iou=0.2, max_gap=1)
+  _, late = discovery.link_segments(frames, min_iou=0.2, max_gap=1)
   assert late[5][[i for i, m in enumerate(frames[5]) if m[17].any()][0]] == 2
-  jump = discovery.link_segments([[_disc((6, 4))], [_disc((6, 16))]], min_iou=0.2, max_gap=3)
+  _, jump = discovery.link_segments([[_disc((6, 4))], [_disc((6, 16))]], min_iou=0.2, max_gap=3)
   assert jump == [[0], [1]]
 
 
@@ -83,11 +83,53 @@ def test_component_tracks_give_each_object_one_id_through_the_video():
   assert tracks[2, 12, 12] == 0
 
 
+LEFT_X = (4, 6, 8, 10, 11, 10, 8, 6, 4)  # column of the left disc's centre per frame
+
+
+def _touching_discs():
+  """(F, H, W) bool: two discs of radius 3 on one row move towards each other,
+  overlap in the middle frames and move apart again (mirror images)."""
+  return np.stack([_disc((12, x)) | _disc((12, 24 - x)) for x in LEFT_X])
+
+
+def test_objects_that_touch_keep_their_ids_when_merges_are_cut():
+  foreground = _touching_discs()
+  merged = [t for t in range(len(foreground)) if len(discovery.components(foreground[t], 1)) == 1]
+  assert merged == [3, 4, 5]  # one component while the discs overlap
+  left = lambda tracks: [int(tracks[t, 12, x]) for t, x in enumerate(LEFT_X)]
+  right = lambda tracks: [int(tracks[t, 12, 24 - x]) for t, x in enumerate(LEFT_X)]
+  cut = discovery.component_tracks(foreground, discovery.Tracking(
+      "components", min_area=0.01, min_iou=0.2, max_gap=3, merge_share=0.3, merge_min_frames=2))
+  assert len(set(left(cut))) == 1 and len(set(right(cut))) == 1 and left(cut)[0] != right(cut)[0]
+  assert set(np.unique(cut[4])) == {0, left(cut)[0], right(cut)[0]}  # the merged blob is shared
+  # Without cutting the merged blob takes one id and one disc loses its own.
+  whole = discovery.component_tracks(foreground, discovery.Tracking(
+      "components", min_area=0.01, min_iou=0.2, max_gap=3, merge_share=0.0))
+  assert len(np.unique(whole[4])) == 2
+  assert len(set(left(whole))) + len(set(right(whole))) > 2
+
+
+def test_an_object_seen_in_pieces_for_one_frame_is_not_cut_apart():
+  disc = _disc((12, 12), radius=5)
+  pieces = disc.copy()
+  pieces[:, 12] = False  # frame 0: the disc in two halves
+  segments = [discovery.components(pieces, 1), [disc], [disc]]
+  assert len(segments[0]) == 2
+  cut, ids = discovery.link_segments(segments, 0.2, 3, merge_share=0.3, merge_min_frames=2)
+  assert [len(masks) for masks in cut] == [2, 1, 1]  # the whole disc stays whole
+  # Had the halves been seen apart for two frames, the disc would be cut between them.
+  cut, _ = discovery.link_segments([segments[0], segments[0], [disc]], 0.2, 3,
+                                   merge_share=0.3, merge_min_frames=2)
+  assert [len(masks) for masks in cut] == [2, 2, 2]
+
+
 def test_tracking_rule_comes_from_the_config():
   config = tiny.get_config()
   assert discovery.Tracking.from_config(config).rule == "slots"
   config.eval.tracks, config.eval.track_min_iou = "components", 0.3
-  assert discovery.Tracking.from_config(config) == discovery.Tracking("components", 0.0025, 0.3, 3)
+  config.eval.track_merge_share = 0.5
+  assert discovery.Tracking.from_config(config) == discovery.Tracking("components", 0.0025, 0.3, 3,
+                                                                      0.5, 2)
   config.eval.tracks = "foo"
   with pytest.raises(ValueError, match="eval.tracks"):
     discovery.Tracking.from_config(config)

@@ -15,7 +15,8 @@ things sit inside it. Optionally (eval.tracks='components', ours) the ids come
 from tracking instead: the proposals' union is cut into its connected components
 in each frame and these are linked from frame to frame by mask IoU, since
 objects are spatially coherent and move little between frames while the slots'
-indices are not stable from clip to clip.
+indices are not stable from clip to clip; a component that merges objects tracked
+until then is cut between their last masks (eval.track_merge_share).
 """
 
 import dataclasses
@@ -42,18 +43,24 @@ class Tracking:
   instances' own ids, linked clip to clip by their object vectors) or
   'components' (connected components of at least min_area of the frame,
   linked frame to frame by mask IoU >= min_iou, a track waiting at most
-  max_gap frames for its object to reappear)."""
+  max_gap frames for its object to reappear). With merge_share > 0, a component
+  that holds at least that share of two or more tracks' last masks (objects that
+  came to touch) is cut between them; only tracks seen whole in at least
+  merge_min_frames frames count, so a fragmented object is not cut apart."""
   rule: str = "slots"
   min_area: float = 0.0025
   min_iou: float = 0.2
   max_gap: int = 3
+  merge_share: float = 0.0
+  merge_min_frames: int = 2
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "Tracking":
     e = config.eval
     if e.tracks not in TRACK_RULES:
       raise ValueError(f"eval.tracks must be one of {TRACK_RULES}, got {e.tracks!r}")
-    return cls(e.tracks, e.track_min_area, e.track_min_iou, e.track_max_gap)
+    return cls(e.tracks, e.track_min_area, e.track_min_iou, e.track_max_gap,
+               e.track_merge_share, e.track_merge_min_frames)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,14 +157,44 @@ def mask_ious(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
   return inter / np.maximum(x.sum(1)[:, None] + y.sum(1)[None] - inter, 1.0)
 
 
-def link_segments(segments: list[list[np.ndarray]], min_iou: float, max_gap: int) -> list[list[int]]:
+def cut_merges(masks: list[np.ndarray], previous: list[np.ndarray],
+               min_share: float) -> tuple[list[np.ndarray], list[bool]]:
+  """A mask that holds at least min_share of each of two or more previous masks
+  is cut between them, each pixel going to the nearest of those masks (objects
+  that touch, or one that passes in front of another). Returns the masks after
+  cutting (empty parts dropped) and, for each, whether it is a cut part."""
+  out, cut = [], []
+  for mask in masks:
+    held = [m for m in previous if (mask & m).sum() >= min_share * m.sum()]
+    if len(held) < 2:
+      out.append(mask)
+      cut.append(False)
+      continue
+    distances = np.stack([ndimage.distance_transform_edt(~m) for m in held])  # (K, H, W)
+    nearest = np.argmin(distances, axis=0)
+    parts = [p for p in (mask & (nearest == k) for k in range(len(held))) if p.any()]
+    out += parts
+    cut += [True] * len(parts)
+  return out, cut
+
+
+def link_segments(segments: list[list[np.ndarray]], min_iou: float, max_gap: int,
+                  merge_share: float = 0.0, merge_min_frames: int = 2):
   """Track ids of each frame's segments: a frame's segments are matched (Hungarian,
   largest total IoU) to the last masks of the tracks seen within max_gap frames;
-  a pair with IoU < min_iou, or a segment left over, starts a new track.
-  segments: per frame, a list of (H, W) bool masks. Returns ids in the same nesting."""
-  last, seen, ids = [], [], []  # per track: its last mask, the frame it was last seen
+  a pair with IoU < min_iou, or a segment left over, starts a new track. With
+  merge_share > 0 a frame's segments are first cut between the tracks they merge
+  (cut_merges), counting only tracks seen whole in at least merge_min_frames frames.
+  segments: per frame, a list of (H, W) bool masks. Returns (segments after
+  cutting, their track ids), both in the same nesting."""
+  last, seen, whole = [], [], []  # per track: its last mask, the frame it was last seen, frames seen uncut
+  cut_segments, ids = [], []
   for frame, masks in enumerate(segments):
     live = [k for k in range(len(last)) if frame - seen[k] <= max_gap]
+    cut = [False] * len(masks)
+    if merge_share > 0:
+      masks, cut = cut_merges(masks, [last[k] for k in live if whole[k] >= merge_min_frames],
+                              merge_share)
     iou = mask_ious(masks, [last[k] for k in live])
     own = [-1] * len(masks)
     for i, j in zip(*optimize.linear_sum_assignment(iou, maximize=True)):
@@ -168,21 +205,25 @@ def link_segments(segments: list[list[np.ndarray]], min_iou: float, max_gap: int
         own[i] = len(last)
         last.append(mask)
         seen.append(frame)
+        whole.append(0)
       else:
         last[own[i]], seen[own[i]] = mask, frame
+      whole[own[i]] += not cut[i]
+    cut_segments.append(masks)
     ids.append(own)
-  return ids
+  return cut_segments, ids
 
 
 def component_tracks(foreground: np.ndarray, tracking: Tracking) -> np.ndarray:
   """(F, H, W) bool foreground -> (F, H, W) int32 track ids (0: background) of its
   connected components, linked frame to frame (link_segments)."""
   min_pixels = max(1, int(round(tracking.min_area * foreground[0].size)))
-  segments = [components(f, min_pixels) for f in foreground]
+  segments, ids = link_segments([components(f, min_pixels) for f in foreground],
+                                tracking.min_iou, tracking.max_gap, tracking.merge_share,
+                                tracking.merge_min_frames)
   out = np.zeros(foreground.shape, np.int32)
-  for frame, (masks, ids) in enumerate(zip(segments, link_segments(
-      segments, tracking.min_iou, tracking.max_gap))):
-    for mask, track in zip(masks, ids):
+  for frame, (masks, tracks) in enumerate(zip(segments, ids)):
+    for mask, track in zip(masks, tracks):
       out[frame][mask] = track + 1
   return out
 

@@ -88,7 +88,7 @@ class Predictor:
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
     self.model = smtc.build_model(config)
-    self.size = tuple(config.data.resolution)
+    self.size = tuple(config.eval.discovery_resolution or config.data.resolution)
     self.grid = tuple(r // smtc.encoder_stride(config) for r in self.size)
     self.candidates = discovery.Candidates.from_config(config)
     self.tracking = discovery.Tracking.from_config(config)
@@ -101,8 +101,8 @@ class Predictor:
         variables, smtc.normalize(clip, config), features=features, method=smtc.SMTC.encode))
 
   def clips(self, variables, frames):
-    """Model outputs of the video's consecutive clips at the training size,
-    with a leading clip axis (C, T, ...)."""
+    """Model outputs of the video's consecutive clips at the discovery size
+    (eval.discovery_resolution), with a leading clip axis (C, T, ...)."""
     small = discovery.resize_frames(frames, self.size)
     clips = discovery.clips_of(small, self.config.data.num_frames)
     outs = [self._apply(variables, jnp.asarray(c[None])) for c in clips]

@@ -93,9 +93,12 @@ def print_summary(summary: dict, weights: dict, e, count: int, root: str) -> Non
     print("discovery with", "the first stage only (SMTC-dagger)" if e.first_stage_only
           else "both slot-attention stages", "and",
           "eq. 11 candidates (area and score)" if e.candidates == "eq11"
-          else "score-only candidates (the authors' eval_multi.py)")
+          else "score-only candidates (the authors' eval_multi.py)", "| model run at",
+          "{} x {}".format(*e.discovery_resolution) if e.discovery_resolution
+          else "the training size")
     print("proposal ids through the video:", "the instance slots', linked clip to clip"
-          if e.tracks == "slots" else "connected components tracked frame to frame (ours)",
+          if e.tracks == "slots" else "connected components tracked frame to frame (ours)"
+          + (f", merges cut at share {e.track_merge_share}" if e.track_merge_share > 0 else ""),
           "| background rule:", e.background)
   if "jf_discovery" in keys:
     protocol = ("the official once-per-video" if e.unsupervised_matching == "video"
