@@ -2,7 +2,7 @@
 
   python -m smtc_jax.bench step --config configs/X.py [--frozen] [--trace_dir DIR] [--config.a.b=v]
   python -m smtc_jax.bench data --config configs/X.py --workdir DIR
-  python -m smtc_jax.bench propagate --config configs/X.py [--frames 70]
+  python -m smtc_jax.bench propagate --config configs/X.py [--frames 70] [--davis_out DIR]
   python -m smtc_jax.bench davis --config configs/X.py [--reference_metrics FILE]
 
 `step` compiles and times the real jitted train step (median of --steps after
@@ -13,7 +13,8 @@ train.microbatch, `xla_temp_bytes` is the memory of a step that holds one
 micro-batch of `microbatch_clips` clips per device at a time); with
 --trace_dir it records a jax.profiler trace and lists the costliest XLA ops. `data`
 times the grain input pipeline in clips/s; `propagate` runs label propagation
-and object discovery on a random 854x480 video; `davis` times J and F of a
+and object discovery on a random 854x480 video (with --davis_out it also writes
+that video as a DAVIS folder and a filelist, to time other code on it); `davis` times J and F of a
 480p sequence against the DAVIS team's own implementation when its file is
 given (and reports their largest difference). Each ends with one JSON line.
 """
@@ -48,6 +49,9 @@ flags.DEFINE_integer("trace_steps", 2, "Steps recorded with --trace_dir.")
 flags.DEFINE_integer("top_ops", 12, "Op groups reported with --trace_dir.")
 flags.DEFINE_integer("frames", 70, "Frames of the 480p video of `propagate` and `davis`.")
 flags.DEFINE_integer("objects", 3, "Objects of the `davis` sequence.")
+flags.DEFINE_string("davis_out", "", "propagate: also write its video to this folder in the "
+                    "DAVIS layout (JPEGImages/480p/bench, Annotations/480p/bench) with "
+                    "filelist.txt (frames folder, annotations folder: the CRW/SMTC eval_prop.py list).")
 flags.DEFINE_string("reference_metrics", "",
                     "davis2017-evaluation's davis2017/metrics.py or davisinteractive's "
                     "metrics/jaccard.py, to time and check `davis` against.")
@@ -213,6 +217,22 @@ def bench_data(config) -> dict:
           "clips_per_s": config.data.batch_size * FLAGS.steps / seconds}
 
 
+def write_davis_video(root: str, name: str, frames: np.ndarray, labels: np.ndarray) -> None:
+  """frames (F, H, W, 3) uint8 as JPEGs and labels (F, H, W) as palette PNGs in the DAVIS
+  layout under root, and root/filelist.txt naming the two folders."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from smtc_jax.data import palette  # pylint: disable=g-import-not-at-top
+  images = os.path.join(root, "JPEGImages", "480p", name)
+  annotations = os.path.join(root, "Annotations", "480p", name)
+  os.makedirs(images, exist_ok=True)
+  os.makedirs(annotations, exist_ok=True)
+  for t, (frame, label) in enumerate(zip(frames, labels)):
+    Image.fromarray(frame).save(os.path.join(images, f"{t:05d}.jpg"), quality=95)
+    palette.write_palette_png(os.path.join(annotations, f"{t:05d}.png"), label)
+  with open(os.path.join(root, "filelist.txt"), "w") as f:
+    f.write(f"{os.path.abspath(images)} {os.path.abspath(annotations)}\n")
+
+
 def bench_propagate(config) -> dict:
   """Label propagation (and object discovery) on a random 480p-sized video with
   the configured model at initialisation: frames/s and peak memory."""
@@ -222,6 +242,8 @@ def bench_propagate(config) -> dict:
   labels = np.zeros((FLAGS.frames, 480, 854), np.uint8)
   labels[:, 100:300, 200:500] = 1
   labels[:, 250:400, 550:800] = 2
+  if FLAGS.davis_out:
+    write_davis_video(FLAGS.davis_out, "bench", frames, labels)
   predictor = predictor_lib.Predictor(config)
   variables, _ = predictor_lib.untrained_variables(config)
   start = time.perf_counter()

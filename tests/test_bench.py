@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from smtc_jax import bench
+from smtc_jax.evaluation import readers
 
 
 def test_profile_groups_traced_ops_by_hlo_kind_and_shape(tmp_path):
@@ -18,3 +19,19 @@ def test_profile_groups_traced_ops_by_hlo_kind_and_shape(tmp_path):
   assert rows and all(set(r) == {"kind", "shape", "ops", "ms_per_step", "share"} for r in rows)
   assert any("dot" in r["kind"] for r in rows)
   assert 0 < sum(r["share"] for r in rows) <= 1 + 1e-9
+
+
+def test_the_propagation_video_is_written_as_a_davis_folder_our_reader_reads_back(tmp_path):
+  t, y, x, c = np.meshgrid(np.arange(3), np.arange(32), np.arange(48), np.arange(3), indexing="ij")
+  frames = (2 * x + 2 * y + 10 * t + 30 * c).astype(np.uint8)  # smooth: JPEG keeps it close
+  labels = np.zeros((3, 32, 48), np.uint8)
+  labels[:, 4:12, 8:20] = 1
+  labels[:, 20:30, 30:44] = 2
+  bench.write_davis_video(str(tmp_path), "bench", frames, labels)
+  video = readers.davis2017_load(str(tmp_path), "val", "bench")
+  np.testing.assert_array_equal(video.labels, labels)
+  assert video.frames.shape == frames.shape  # JPEG: close, not equal
+  assert np.abs(video.frames.astype(int) - frames).mean() < 3
+  images, annotations = (tmp_path / "filelist.txt").read_text().split()
+  assert images == str(tmp_path / "JPEGImages" / "480p" / "bench")
+  assert annotations == str(tmp_path / "Annotations" / "480p" / "bench")
