@@ -220,15 +220,10 @@ def bench_data(config) -> dict:
 def write_davis_video(root: str, name: str, frames: np.ndarray, labels: np.ndarray) -> None:
   """frames (F, H, W, 3) uint8 as JPEGs and labels (F, H, W) as palette PNGs in the DAVIS
   layout under root, and root/filelist.txt naming the two folders."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from smtc_jax.data import palette  # pylint: disable=g-import-not-at-top
-  images = os.path.join(root, "JPEGImages", "480p", name)
-  annotations = os.path.join(root, "Annotations", "480p", name)
-  os.makedirs(images, exist_ok=True)
-  os.makedirs(annotations, exist_ok=True)
-  for t, (frame, label) in enumerate(zip(frames, labels)):
-    Image.fromarray(frame).save(os.path.join(images, f"{t:05d}.jpg"), quality=95)
-    palette.write_palette_png(os.path.join(annotations, f"{t:05d}.png"), label)
+  from smtc_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  synthetic.write_davis_frames(root, name, frames, labels, quality=95)
+  images = os.path.join(root, synthetic.IMAGE_DIR, name)
+  annotations = os.path.join(root, synthetic.ANNOTATION_DIR, name)
   with open(os.path.join(root, "filelist.txt"), "w") as f:
     f.write(f"{os.path.abspath(images)} {os.path.abspath(annotations)}\n")
 

@@ -139,13 +139,20 @@ def generate_video(rng, spec: SyntheticSpec):
   return np.clip(frames, 0, 255).astype(np.uint8), labels, objects
 
 
-def _write_video(root: str, name: str, frames, labels, objects) -> None:
+def write_davis_frames(root: str, name: str, frames, labels, annotation_dirs=(ANNOTATION_DIR,),
+                       quality: int = 92) -> None:
+  """Frames (F, H, W, 3) uint8 as JPEGs under root/IMAGE_DIR/name and labels (F, H, W)
+  as palette PNGs under root/<each of annotation_dirs>/name, named 00000.jpg/png ..."""
   for f in range(frames.shape[0]):
     image_path = os.path.join(root, IMAGE_DIR, name, f"{f:05d}.jpg")
     os.makedirs(os.path.dirname(image_path), exist_ok=True)
-    Image.fromarray(frames[f]).save(image_path, quality=92)
-    palette.write_palette_png(os.path.join(root, ANNOTATION_DIR, name, f"{f:05d}.png"), labels[f])
-    palette.write_palette_png(os.path.join(root, UNSUPERVISED_DIR, name, f"{f:05d}.png"), labels[f])
+    Image.fromarray(frames[f]).save(image_path, quality=quality)
+    for folder in annotation_dirs:
+      palette.write_palette_png(os.path.join(root, folder, name, f"{f:05d}.png"), labels[f])
+
+
+def _write_video(root: str, name: str, frames, labels, objects) -> None:
+  write_davis_frames(root, name, frames, labels, (ANNOTATION_DIR, UNSUPERVISED_DIR))
   meta = {str(k): {"category": v, "name": CATEGORIES[v]} for k, v in objects.items()}
   path = os.path.join(root, CATEGORY_DIR, f"{name}.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
