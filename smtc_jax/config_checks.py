@@ -78,6 +78,11 @@ def within(config, field: str, low, high) -> list[str]:
   return [] if low <= value <= high else [f"{field}={value!r} must lie in [{low}, {high}]"]
 
 
+def _stride_multiples(size, stride: int) -> bool:
+  """Whether size is (H, W), each a positive multiple of the encoder stride."""
+  return len(size) == 2 and all(r >= stride and r % stride == 0 for r in size)
+
+
 def _all_within(config, field: str, low, high) -> list[str]:
   values = tuple(_get(config, field))
   if all(low <= v <= high for v in values):
@@ -167,7 +172,7 @@ def check_data(config, mode: str) -> list[str]:
     out.append("data.split is empty")
   if not check_model(config):  # the encoder's stride is defined for a valid model section
     stride = smtc.encoder_stride(config)
-    if len(d.resolution) != 2 or any(r < stride or r % stride for r in d.resolution):
+    if not _stride_multiples(d.resolution, stride):
       out.append(f"data.resolution={tuple(d.resolution)!r} must be two multiples of the "
                  f"encoder stride {stride}")
   if mode not in ("train", "pretrain"):
@@ -228,7 +233,7 @@ def check_pretrain(config) -> list[str]:
                f"{config.model.encoder!r}")
   elif not check_model(config):
     stride = smtc.encoder_stride(config)
-    if len(p.resolution) != 2 or any(r < stride or r % stride for r in p.resolution):
+    if not _stride_multiples(p.resolution, stride):
       out.append(f"pretrain.resolution={tuple(p.resolution)!r} must be two multiples of the "
                  f"encoder stride {stride}")
   return out
@@ -266,10 +271,9 @@ def check_eval(config, mode: str) -> list[str]:
          *_all_within(config, "eval.pck_thresholds", 0.0, float("inf"))]
   if e.discovery_resolution and not check_model(config):
     stride = smtc.encoder_stride(config)
-    size = tuple(e.discovery_resolution)
-    if len(size) != 2 or any(r < stride or r % stride for r in size):
-      out.append(f"eval.discovery_resolution={size!r} must be () (the training size) or two "
-                 f"multiples of the encoder stride {stride}")
+    if not _stride_multiples(e.discovery_resolution, stride):
+      out.append(f"eval.discovery_resolution={tuple(e.discovery_resolution)!r} must be () (the "
+                 f"training size) or two multiples of the encoder stride {stride}")
   if e.benchmark == "jhmdb":
     out += one_of(config, "eval.split", JHMDB_SPLITS)
   if mode == "eval" and e.benchmark in evaluate.TASKS and e.benchmark != "synthetic":
