@@ -100,6 +100,10 @@ def get_loss_config() -> ml_collections.ConfigDict:
   # Frame pairs of L_obj: t != j (paper) or all pairs including t == j (code).
   l.obj_same_frame_pairs = False
   l.eps = 1e-8
+  # Ours, not SMTC's: a contrastive random walk on the student's encoder features
+  # (Jabri et al. 2020), for an encoder that starts without DINO's correspondence.
+  l.cycle_weight = 0.0
+  l.cycle_temperature = 0.07
   return l
 
 

@@ -176,6 +176,30 @@ def object_consistency_loss(objects, teacher_objects, valid, teacher_valid, *,
   return jnp.sum(valid_s * per_instance) / jnp.maximum(count, 1.0)
 
 
+def cycle_consistency_loss(features, *, temperature: float, eps: float):
+  """Contrastive random walk (Jabri et al. 2020), an encoder-only term that is
+  not SMTC's: walk from frame 0 to frame k and back along the clip, each step a
+  softmax over the next frame's cells, and score the return to the start cell.
+
+  features: (B, T, L, D). Mean over clips, cells and the T-1 walk lengths.
+  Gives the encoder the temporal correspondence a DINO start brings (ours).
+  """
+  t = features.shape[1]
+  if t < 2:
+    return jnp.zeros((), jnp.float32)
+  f = l2_normalize(features.astype(jnp.float32))
+  sim = jnp.einsum("btld,btmd->btlm", f[:, :-1], f[:, 1:]) / temperature  # (B, T-1, L, L)
+  ahead = jax.nn.softmax(sim, axis=-1)  # frame s -> s+1
+  back = jax.nn.softmax(jnp.swapaxes(sim, -1, -2), axis=-1)  # frame s+1 -> s
+  walk_out, walk_back, terms = None, None, []
+  for k in range(t - 1):
+    walk_out = ahead[:, k] if k == 0 else walk_out @ ahead[:, k]  # 0 -> k+1
+    walk_back = back[:, k] if k == 0 else back[:, k] @ walk_back  # k+1 -> 0
+    returned = jnp.einsum("bij,bji->bi", walk_out, walk_back)  # diagonal of the cycle, (B, L)
+    terms.append(-jnp.mean(jnp.log(returned + eps)))
+  return jnp.mean(jnp.stack(terms))
+
+
 def instance_validity(out, config: ml_collections.ConfigDict):
   """I_t (eq. 11) of a model output with the config's thresholds: (B, T, N, P)."""
   l = config.loss
@@ -218,6 +242,9 @@ def smtc_loss(student, teacher, config: ml_collections.ConfigDict, *,
       student["objects"], teacher["objects"], valid, teacher_valid,
       form=l.instance_form, margin=l.margin, cosine_margin=l.cosine_margin,
       same_frame_pairs=l.obj_same_frame_pairs, count=obj_count) if l.obj_weight else zero
-  sem, reg = batch_fraction * sem, batch_fraction * reg
-  total = l.sem_weight * sem + l.reg_weight * reg + l.obj_weight * obj
-  return total, {"sem": sem, "reg": reg, "obj": obj, "valid": batch_fraction * jnp.mean(valid)}
+  cycle = cycle_consistency_loss(
+      student["features"], temperature=l.cycle_temperature, eps=l.eps) if l.cycle_weight else zero
+  sem, reg, cycle = batch_fraction * sem, batch_fraction * reg, batch_fraction * cycle
+  total = l.sem_weight * sem + l.reg_weight * reg + l.obj_weight * obj + l.cycle_weight * cycle
+  return total, {"sem": sem, "reg": reg, "obj": obj, "cycle": cycle,
+                 "valid": batch_fraction * jnp.mean(valid)}

@@ -227,7 +227,7 @@ def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_enc
   ema_params = ema_update(state.ema_params, params, t.ema_momentum, t.ema_scope)
   metrics = {
       "loss": total, "loss_sem": terms["sem"], "loss_reg": terms["reg"],
-      "loss_obj": terms["obj"], "valid_fraction": terms["valid"],
+      "loss_obj": terms["obj"], "loss_cycle": terms["cycle"], "valid_fraction": terms["valid"],
       "grad_norm": optax.global_norm(grads),
       "lr": learning_rate(config)(state.step),
       "lr_encoder": encoder_learning_rate(config)(state.step),
@@ -325,8 +325,9 @@ class MetricWriter:
 
 def progress_line(step, scalars, steps_per_sec, *, num_steps) -> str:
   eta = (num_steps - step) / max(steps_per_sec, 1e-9)
+  cycle = f" cycle {scalars['loss_cycle']:.4f}" if scalars.get("loss_cycle") else ""
   return (f"step {step}/{num_steps} | loss {scalars['loss']:.4f} (sem {scalars['loss_sem']:.4f} "
-          f"reg {scalars['loss_reg']:.4f} obj {scalars['loss_obj']:.4f}) | valid "
+          f"reg {scalars['loss_reg']:.4f} obj {scalars['loss_obj']:.4f}{cycle}) | valid "
           f"{scalars['valid_fraction']:.2f} | lr {scalars['lr']:.2e} | {steps_per_sec:.2f} steps/s"
           f" | ETA {eta / 60:.1f} min")
 

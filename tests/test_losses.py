@@ -130,6 +130,7 @@ def test_object_loss_ignores_invalid_student_instances_and_counts_valid_ones():
 
 
 def test_all_losses_are_finite_with_finite_gradients_at_initialisation(tiny_config):
+  tiny_config.loss.cycle_weight = 1.0
   model = smtc.build_model(tiny_config)
   clip = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 32, 32, 3))
   variables = model.init(model_rngs(0), clip)
@@ -152,3 +153,43 @@ def test_instance_only_stage_needs_semantic_losses_off(tiny_config):
   dummy = {"semantic_logits": jnp.zeros((1, 2, 4, 16))}
   with pytest.raises(ValueError, match="sem_weight"):
     losses.smtc_loss(dummy, dummy, tiny_config)
+
+
+def _softmax_rows(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _plain_random_walk_loss(features, temperature):
+  """Jabri et al.'s palindrome walks written out: for each clip and length k,
+  the product of forward then backward transition matrices, -log of its diagonal."""
+  f = features / np.linalg.norm(features, axis=-1, keepdims=True)
+  b, t = f.shape[:2]
+  terms = []
+  for k in range(1, t):
+    for clip in f:
+      cycle = np.eye(clip.shape[1])
+      for s in range(k):
+        cycle = cycle @ _softmax_rows(clip[s] @ clip[s + 1].T / temperature)
+      for s in range(k, 0, -1):
+        cycle = cycle @ _softmax_rows(clip[s] @ clip[s - 1].T / temperature)
+      terms.append(-np.log(np.diag(cycle)).mean())
+  return np.mean(terms)
+
+
+def test_cycle_consistency_equals_the_walks_written_out():
+  features = np.random.default_rng(0).normal(size=(2, 4, 9, 5))
+  ours = losses.cycle_consistency_loss(jnp.asarray(features, jnp.float32), temperature=0.3, eps=0.0)
+  np.testing.assert_allclose(float(ours), _plain_random_walk_loss(features, 0.3), rtol=1e-5)
+
+
+def test_cycle_consistency_rewards_features_that_follow_their_cells():
+  # Every frame's cells are the first frame's, permuted: a walk can return to
+  # its start exactly. Fresh random features per frame give it no way back.
+  rng = np.random.default_rng(1)
+  first = _unit_tokens(2, (16, 32))
+  tracked = np.stack([first[rng.permutation(16)] for _ in range(4)])[None]
+  untracked = _unit_tokens(3, (1, 4, 16, 32))
+  loss = lambda f: float(losses.cycle_consistency_loss(jnp.asarray(f, jnp.float32),
+                                                       temperature=0.05, eps=1e-8))
+  assert loss(tracked) < 0.01 < 1.0 < loss(untracked)
