@@ -67,8 +67,8 @@ def get_config():
   # eval.track_merge_share): J&F 0.51 against 0.23 with the slots' own ids, whose
   # identities switch from clip to clip (README, seed 0).
   config.eval.tracks = "components"
-  # Discovery runs the model at twice the training size, a 32 x 32 token grid, as the
-  # authors' eval_multi.py runs at 480 x 800 after training at 256 x 256: J&F 0.455
-  # against 0.373 at 128 x 128 (mean of 3 seeds).
-  config.eval.discovery_resolution = (256, 256)
+  # Discovery runs the model at three times the training size, a 48 x 48 token grid,
+  # as the authors' eval_multi.py runs at 480 x 800 after training at 256 x 256: J&F
+  # 0.507 against 0.455 at 256 x 256 and 0.373 at 128 x 128 (mean of 3 seeds).
+  config.eval.discovery_resolution = (384, 384)
   return config
