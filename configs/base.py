@@ -285,6 +285,11 @@ def get_eval_config() -> ml_collections.ConfigDict:
   # seen apart for a frame do not cut it in two.
   e.track_merge_share = 0.3
   e.track_merge_min_frames = 2
+  # With components: each proposal's gaps narrower than about twice this share of
+  # the frame's shorter side are closed, and holes in their union filled, before the
+  # union is cut into components (0: as predicted): the stripes and dots of a
+  # textured object that its masks leave out.
+  e.track_gap_radius = 0.0
   # Label propagation (CRW protocol; the code's eval_prop.sh).
   # The features it compares (models/smtc.py FEATURES): the encoder's output tokens
   # F_t (eq. 1; paper), or the last block's output before the final LayerNorm

@@ -263,6 +263,7 @@ def check_eval(config, mode: str) -> list[str]:
          *within(config, "eval.track_min_iou", 0.0, 1.0),
          *within(config, "eval.track_merge_share", 0.0, 1.0),
          *at_least(config, "eval.track_merge_min_frames", 1),
+         *within(config, "eval.track_gap_radius", 0.0, 0.5),
          *one_of(config, "eval.prop_features", PROP_FEATURES), *at_least(config, "eval.max_videos", 0),
          *at_least(config, "eval.max_proposals", 1), *at_least(config, "eval.prop_video_len", 1),
          *above(config, "eval.prop_radius", 0.0), *at_least(config, "eval.prop_topk", 1),

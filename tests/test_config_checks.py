@@ -83,6 +83,7 @@ def test_the_allowed_values_are_the_ones_the_configs_use():
                                               "(the training size) or two multiples of the "
                                               "encoder stride 8"),
     ("eval.track_merge_share", 1.5, "eval.track_merge_share=1.5 must lie in [0.0, 1.0]"),
+    ("eval.track_gap_radius", -0.1, "eval.track_gap_radius=-0.1 must lie in [0.0, 0.5]"),
     ("train.checkpoint_every", 0, "train.checkpoint_every=0 must be >= 1"),
     ("train.ema_momentum", 1.5, "train.ema_momentum=1.5 must lie in [0.0, 1.0]"),
     ("data.augment.crop_scale", (0.9, 0.5), "data.augment.crop_scale=(0.9, 0.5) must be (a, b) "

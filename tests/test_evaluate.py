@@ -1,3 +1,4 @@
+import dataclasses
 import glob
 import json
 import os
@@ -123,13 +124,53 @@ def test_an_object_seen_in_pieces_for_one_frame_is_not_cut_apart():
   assert [len(masks) for masks in cut] == [2, 2, 2]
 
 
+def _striped_disc(centre, radius=8, period=4, gap=2):
+  """A disc with vertical background stripes `gap` pixels wide every `period` columns."""
+  disc = _disc(centre, radius=radius)
+  disc[:, np.arange(disc.shape[1]) % period < gap] = False
+  return disc
+
+
+def test_closing_gaps_joins_a_striped_object_but_not_two_objects():
+  striped = _striped_disc((12, 12))
+  assert len(discovery.components(striped, 1)) > 3
+  assert len(discovery.components(discovery.close_gaps(striped, 2), 1)) == 1
+  # Two discs of radius 3, 5 pixels apart, stay apart at radius 4, meet at radius 5.
+  pair = _disc((12, 6)) | _disc((12, 18))
+  assert len(discovery.components(discovery.close_gaps(pair, 4), 1)) == 2
+  assert len(discovery.components(discovery.close_gaps(pair, 5), 1)) == 1
+  assert not (discovery.close_gaps(pair, 0) ^ pair).any()
+
+
+def test_closed_foreground_closes_each_proposal_alone_and_fills_holes():
+  ids = np.zeros((24, 24), np.int32)
+  ids[_disc((12, 6))] = 1
+  ids[_disc((12, 18))] = 2  # another proposal 5 pixels away: not bridged at radius 5
+  assert len(discovery.components(discovery.closed_foreground(ids, 5), 1)) == 2
+  ids[_disc((12, 18))] = 1  # the same proposal: bridged
+  assert len(discovery.components(discovery.closed_foreground(ids, 5), 1)) == 1
+  ring = _disc((12, 12), radius=8) & ~_disc((12, 12), radius=5)  # a hole wider than any gap
+  assert discovery.closed_foreground(ring.astype(np.int32), 1)[12, 12]
+  assert not discovery.closed_foreground(np.zeros((8, 8), np.int32), 3).any()
+
+
+def test_a_striped_object_is_one_track_when_gaps_are_closed():
+  ids = np.stack([_striped_disc((12, 10 + t)).astype(np.int32) for t in range(4)])
+  tracking = discovery.Tracking("components", min_area=0.0, min_iou=0.2, max_gap=3)
+  assert len(np.unique(discovery.component_tracks(ids, tracking)[0])) > 4
+  closed = discovery.component_tracks(ids, dataclasses.replace(tracking, gap_radius=2 / 24))
+  assert [len(np.unique(frame)) for frame in closed] == [2, 2, 2, 2]  # background + one id
+  assert len(np.unique(closed)) == 2
+
+
 def test_tracking_rule_comes_from_the_config():
   config = tiny.get_config()
   assert discovery.Tracking.from_config(config).rule == "slots"
   config.eval.tracks, config.eval.track_min_iou = "components", 0.3
   config.eval.track_merge_share = 0.5
+  config.eval.track_gap_radius = 0.03
   assert discovery.Tracking.from_config(config) == discovery.Tracking("components", 0.0025, 0.3, 3,
-                                                                      0.5, 2)
+                                                                      0.5, 2, 0.03)
   config.eval.tracks = "foo"
   with pytest.raises(ValueError, match="eval.tracks"):
     discovery.Tracking.from_config(config)

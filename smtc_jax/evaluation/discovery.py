@@ -16,7 +16,9 @@ from tracking instead: the proposals' union is cut into its connected components
 in each frame and these are linked from frame to frame by mask IoU, since
 objects are spatially coherent and move little between frames while the slots'
 indices are not stable from clip to clip; a component that merges objects tracked
-until then is cut between their last masks (eval.track_merge_share).
+until then is cut between their last masks (eval.track_merge_share); before that,
+each proposal's narrow gaps can be closed (eval.track_gap_radius), so that a striped
+or dotted object is one component.
 """
 
 import dataclasses
@@ -46,13 +48,16 @@ class Tracking:
   max_gap frames for its object to reappear). With merge_share > 0, a component
   that holds at least that share of two or more tracks' last masks (objects that
   came to touch) is cut between them; only tracks seen whole in at least
-  merge_min_frames frames count, so a fragmented object is not cut apart."""
+  merge_min_frames frames count, so a fragmented object is not cut apart. With
+  gap_radius > 0 (a share of the frame's shorter side) each proposal's gaps are
+  closed and the union's holes filled first (close_gaps)."""
   rule: str = "slots"
   min_area: float = 0.0025
   min_iou: float = 0.2
   max_gap: int = 3
   merge_share: float = 0.0
   merge_min_frames: int = 2
+  gap_radius: float = 0.0
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "Tracking":
@@ -60,7 +65,7 @@ class Tracking:
     if e.tracks not in TRACK_RULES:
       raise ValueError(f"eval.tracks must be one of {TRACK_RULES}, got {e.tracks!r}")
     return cls(e.tracks, e.track_min_area, e.track_min_iou, e.track_max_gap,
-               e.track_merge_share, e.track_merge_min_frames)
+               e.track_merge_share, e.track_merge_min_frames, e.track_gap_radius)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +152,25 @@ def components(foreground: np.ndarray, min_pixels: int) -> list[np.ndarray]:
   return [labels == k for k in range(1, count + 1) if sizes[k] >= min_pixels]
 
 
+def close_gaps(mask: np.ndarray, radius: int) -> np.ndarray:
+  """(H, W) bool mask with gaps up to about 2 * radius pixels wide closed: a binary
+  closing by a disc of that radius, the outside of the frame counted as empty."""
+  if radius < 1:
+    return mask
+  ys, xs = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+  disc = ys ** 2 + xs ** 2 <= radius ** 2
+  closed = ndimage.binary_closing(np.pad(mask, radius), disc)[radius:-radius, radius:-radius]
+  return closed | mask
+
+
+def closed_foreground(ids: np.ndarray, radius: int) -> np.ndarray:
+  """(H, W) ids (0: background) -> bool foreground: each proposal's mask with its
+  gaps closed (close_gaps; one proposal at a time, so distinct proposals that
+  nearly touch are not bridged), the union's holes filled."""
+  masks = [close_gaps(ids == k, radius) for k in np.unique(ids[ids > 0])]
+  return ndimage.binary_fill_holes(np.any(masks, axis=0)) if masks else ids > 0
+
+
 def mask_ious(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
   """(len(a), len(b)) IoU of two lists of (H, W) bool masks."""
   if not a or not b:
@@ -214,10 +238,16 @@ def link_segments(segments: list[list[np.ndarray]], min_iou: float, max_gap: int
   return cut_segments, ids
 
 
-def component_tracks(foreground: np.ndarray, tracking: Tracking) -> np.ndarray:
-  """(F, H, W) bool foreground -> (F, H, W) int32 track ids (0: background) of its
-  connected components, linked frame to frame (link_segments)."""
-  min_pixels = max(1, int(round(tracking.min_area * foreground[0].size)))
+def component_tracks(ids: np.ndarray, tracking: Tracking) -> np.ndarray:
+  """(F, H, W) proposal ids (0: background) -> (F, H, W) int32 track ids (0:
+  background) of the connected components of their union (gaps closed by
+  tracking.gap_radius first), linked frame to frame (link_segments)."""
+  min_pixels = max(1, int(round(tracking.min_area * ids[0].size)))
+  if tracking.gap_radius > 0:
+    radius = int(round(tracking.gap_radius * min(ids.shape[1:])))
+    foreground = np.stack([closed_foreground(frame, radius) for frame in ids])
+  else:
+    foreground = ids > 0
   segments, ids = link_segments([components(f, min_pixels) for f in foreground],
                                 tracking.min_iou, tracking.max_gap, tracking.merge_share,
                                 tracking.merge_min_frames)
@@ -269,7 +299,7 @@ def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: 
   if background == "border":
     ids = np.where(border_background(ids, border_ratio)[ids], 0, ids)
   if tracking.rule == "components":
-    ids = component_tracks(ids > 0, tracking)
+    ids = component_tracks(ids, tracking)
   # Renumber by area; keep the largest max_proposals.
   area = np.bincount(ids.ravel())[1:]
   ranked = [i for i in np.argsort(-area) if area[i] > 0][:max_proposals]

@@ -98,7 +98,8 @@ def print_summary(summary: dict, weights: dict, e, count: int, root: str) -> Non
           else "the training size")
     print("proposal ids through the video:", "the instance slots', linked clip to clip"
           if e.tracks == "slots" else "connected components tracked frame to frame (ours)"
-          + (f", merges cut at share {e.track_merge_share}" if e.track_merge_share > 0 else ""),
+          + (f", merges cut at share {e.track_merge_share}" if e.track_merge_share > 0 else "")
+          + (f", gaps closed at radius {e.track_gap_radius}" if e.track_gap_radius > 0 else ""),
           "| background rule:", e.background)
   if "jf_discovery" in keys:
     protocol = ("the official once-per-video" if e.unsupervised_matching == "video"
