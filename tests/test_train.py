@@ -154,13 +154,16 @@ def test_four_accumulated_microbatches_give_the_whole_batch_loss_and_gradient(co
   # 4 micro-batches of 1 clip against the batch of 4 at once, from the same
   # state: the same random draws per clip, L_obj divided by the whole batch's
   # count of valid instances (here 0.22 of them, not the same in every clip, so
-  # a mean of per-micro-batch L_obj would differ), L_sem and L_reg weighted 1/4.
+  # a mean of per-micro-batch L_obj would differ), L_sem, L_reg and the random
+  # walk (on here) weighted 1/4.
+  config.loss.cycle_weight = 1.0
   mesh, state, _ = _setup(config)
   batch = sharding.global_batch(_batch(config, 4), mesh)
   (total, terms), grads = _loss_and_grads(config, state, batch, 1)
   (total4, terms4), grads4 = _loss_and_grads(config, state, batch, 4)
   np.testing.assert_allclose(total4, total, rtol=1e-6)
-  for key in ("sem", "reg", "obj", "valid"):
+  assert terms["cycle"] > 0
+  for key in ("sem", "reg", "obj", "cycle", "valid"):
     np.testing.assert_allclose(terms4[key], terms[key], rtol=1e-6, err_msg=key)
   # Summing in another order rounds differently (seen: 1.3e-7 at most, on a
   # gradient of norm 2.3); atol covers leaves whose gradient is zero but for

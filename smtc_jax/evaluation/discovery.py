@@ -50,7 +50,7 @@ class Tracking:
   came to touch) is cut between them; only tracks seen whole in at least
   merge_min_frames frames count, so a fragmented object is not cut apart. With
   gap_radius > 0 (a share of the frame's shorter side) each proposal's gaps are
-  closed and the union's holes filled first (close_gaps)."""
+  closed and the union's holes filled first (closed_foreground)."""
   rule: str = "slots"
   min_area: float = 0.0025
   min_iou: float = 0.2
