@@ -1,4 +1,5 @@
-"""The three SMTC objectives (paper Sec. 3.4, eq. 8-13) as pure functions.
+"""The three SMTC objectives (paper Sec. 3.4, eq. 8-13) as pure functions, and an
+optional random-walk term on the encoder (ours, off by default: loss.cycle_weight).
 
 Inputs are the model's output dicts (see `smtc_jax.models.smtc`). All losses
 run in float32. Every frame-pair sum is computed for all pairs at once.
