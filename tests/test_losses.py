@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import special
 
 from configs import base
 from smtc_jax import losses
@@ -155,11 +156,6 @@ def test_instance_only_stage_needs_semantic_losses_off(tiny_config):
     losses.smtc_loss(dummy, dummy, tiny_config)
 
 
-def _softmax_rows(x):
-  e = np.exp(x - x.max(-1, keepdims=True))
-  return e / e.sum(-1, keepdims=True)
-
-
 def _plain_random_walk_loss(features, temperature):
   """Jabri et al.'s palindrome walks written out: for each clip and length k,
   the product of forward then backward transition matrices, -log of its diagonal."""
@@ -170,9 +166,9 @@ def _plain_random_walk_loss(features, temperature):
     for clip in f:
       cycle = np.eye(clip.shape[1])
       for s in range(k):
-        cycle = cycle @ _softmax_rows(clip[s] @ clip[s + 1].T / temperature)
+        cycle = cycle @ special.softmax(clip[s] @ clip[s + 1].T / temperature, axis=-1)
       for s in range(k, 0, -1):
-        cycle = cycle @ _softmax_rows(clip[s] @ clip[s - 1].T / temperature)
+        cycle = cycle @ special.softmax(clip[s] @ clip[s - 1].T / temperature, axis=-1)
       terms.append(-np.log(np.diag(cycle)).mean())
   return np.mean(terms)
 

@@ -248,11 +248,11 @@ def component_tracks(ids: np.ndarray, tracking: Tracking) -> np.ndarray:
     foreground = np.stack([closed_foreground(frame, radius) for frame in ids])
   else:
     foreground = ids > 0
-  segments, ids = link_segments([components(f, min_pixels) for f in foreground],
-                                tracking.min_iou, tracking.max_gap, tracking.merge_share,
-                                tracking.merge_min_frames)
+  segments, track_ids = link_segments([components(f, min_pixels) for f in foreground],
+                                      tracking.min_iou, tracking.max_gap, tracking.merge_share,
+                                      tracking.merge_min_frames)
   out = np.zeros(foreground.shape, np.int32)
-  for frame, (masks, tracks) in enumerate(zip(segments, ids)):
+  for frame, (masks, tracks) in enumerate(zip(segments, track_ids)):
     for mask, track in zip(masks, tracks):
       out[frame][mask] = track + 1
   return out
