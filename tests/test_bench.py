@@ -21,6 +21,29 @@ def test_profile_groups_traced_ops_by_hlo_kind_and_shape(tmp_path):
   assert 0 < sum(r["share"] for r in rows) <= 1 + 1e-9
 
 
+def test_step_flops_count_the_whole_batch_whatever_the_micro_batches():
+  # A micro-batched step's module holds one micro-batch in a loop body that XLA's cost
+  # analysis counts once; the benchmark counts the same step over the whole batch.
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from smtc_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.data.batch_size = 2
+  mesh = sharding.make_mesh()
+  model, optimizer, state, state_sharding = train.build(config, mesh)
+  shape = (2, config.data.num_frames, *config.data.resolution, 3)
+  batch = sharding.global_batch({k: np.zeros(shape, np.uint8) for k in ("student", "teacher")}, mesh)
+
+  def lowered_flops(microbatch):
+    config.train.microbatch = microbatch
+    step = train.compile_train_steps(config, model, optimizer, mesh, state_sharding)[False]
+    return bench._flops_of(step.lower(state, batch))  # pylint: disable=protected-access
+
+  whole, looped = lowered_flops(0), lowered_flops(1)
+  assert looped < 0.75 * whole
+  counted = bench.step_flops(config, model, optimizer, mesh, state_sharding, state, batch, False)
+  assert counted == whole
+
+
 def test_the_propagation_video_is_written_as_a_davis_folder_our_reader_reads_back(tmp_path):
   t, y, x, c = np.meshgrid(np.arange(3), np.arange(32), np.arange(48), np.arange(3), indexing="ij")
   frames = (2 * x + 2 * y + 10 * t + 30 * c).astype(np.uint8)  # smooth: JPEG keeps it close
