@@ -8,7 +8,8 @@ import subprocess
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["launch/common.sh", "launch/tpu_pod.sh", "launch/gpu.sh", "launch/slurm.sbatch"]
+SCRIPTS = ["launch/common.sh", "launch/tpu_pod.sh", "launch/gpu.sh", "launch/slurm.sbatch",
+           "launch/bench_gpu.sh"]
 ENV = {"PROJECT": "my-project", "ZONE": "us-central2-b", "TPU_NAME": "smtc-v4",
        "BUCKET": "gs://my-bucket", "DATA_PATH": "/data/ytvos", "INIT_CHECKPOINT": "/ckpt/dino",
        "WORKDIR": "/runs/smtc"}
