@@ -153,6 +153,16 @@ def profile_ops(run_step, compiled, trace_dir: str, steps: int, top: int) -> lis
           for (kind, shape), seconds in groups.most_common(top)]
 
 
+def random_batch(config, mesh) -> dict:
+  """A global batch of random uint8 clips, both views: {'student', 'teacher'} (B, T, H, W, 3)."""
+  from smtc_jax import sharding  # pylint: disable=g-import-not-at-top
+  d = config.data
+  rng = np.random.default_rng(0)
+  shape = (d.batch_size, d.num_frames, *d.resolution, 3)
+  return sharding.global_batch(
+      {k: rng.integers(0, 256, shape, dtype=np.uint8) for k in ("student", "teacher")}, mesh)
+
+
 def step_flops(config, model, optimizer, mesh, state_sharding, state, batch, frozen: bool) -> float:
   """FLOPs of one train step of the whole batch: XLA's cost analysis of the lowered
   (not yet optimised) step without micro-batches. Not the compiled step's: on GPUs
@@ -173,11 +183,8 @@ def bench_step(config) -> dict:
   model, optimizer, state, state_sharding = train.build(config, mesh)
   steps = train.compile_train_steps(config, model, optimizer, mesh, state_sharding)
   step_fn = steps[FLAGS.frozen]
-  d = config.data
-  rng = np.random.default_rng(0)
-  shape = (d.batch_size, d.num_frames, *d.resolution, 3)
-  batch = sharding.global_batch(
-      {k: rng.integers(0, 256, shape, dtype=np.uint8) for k in ("student", "teacher")}, mesh)
+  batch = random_batch(config, mesh)
+  clips = config.data.batch_size
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
@@ -201,10 +208,10 @@ def bench_step(config) -> dict:
   achieved = flops / step_s
   return {
       "bench": "step", "backend": backend, "devices": jax.device_count(),
-      "frozen_encoder": FLAGS.frozen, "dtype": config.model.dtype, "batch": d.batch_size,
+      "frozen_encoder": FLAGS.frozen, "dtype": config.model.dtype, "batch": clips,
       "microbatches": microbatches,
-      "microbatch_clips": d.batch_size // (mesh.shape[sharding.DATA_AXIS] * microbatches),
-      "compile_s": compile_s, "step_s": step_s, "clips_per_s": d.batch_size / step_s,
+      "microbatch_clips": clips // (mesh.shape[sharding.DATA_AXIS] * microbatches),
+      "compile_s": compile_s, "step_s": step_s, "clips_per_s": clips / step_s,
       "step_flops": flops, "achieved_flops_per_s": achieved,
       "matmul_peak_f32": peak_f32, "matmul_peak_bf16": peak_bf16,
       "mfu_vs_f32_peak": achieved / peak_f32, "xla_temp_bytes": temp_bytes,

@@ -30,8 +30,7 @@ def test_step_flops_count_the_whole_batch_whatever_the_micro_batches():
   config.data.batch_size = 2
   mesh = sharding.make_mesh()
   model, optimizer, state, state_sharding = train.build(config, mesh)
-  shape = (2, config.data.num_frames, *config.data.resolution, 3)
-  batch = sharding.global_batch({k: np.zeros(shape, np.uint8) for k in ("student", "teacher")}, mesh)
+  batch = bench.random_batch(config, mesh)
 
   def lowered_flops(microbatch):
     config.train.microbatch = microbatch
