@@ -206,6 +206,7 @@ def test_eval_mode_reports_the_model_and_both_baselines(tmp_path, capsys):
       assert 0.0 <= value <= 1.0
   out = capsys.readouterr().out
   assert "official once-per-video" in out and "trivial" in out
+  assert f"within {config.eval.prop_radius:.3g} cells, top {config.eval.prop_topk}," in out
   assert "params of checkpoint (step 2" in out
   out = tmp_path / "eval" / "synthetic"
   assert os.path.exists(out / "results.csv") and os.path.exists(out / "per_video.csv")
