@@ -9,6 +9,7 @@ import pytest
 
 from configs import tiny
 
+OWNED_CACHE = pytest.StashKey[str]()  # the cache folder this run made (and removes)
 CACHE_ENV = {  # JAX reads these at import, in the workers and the jobs tests start
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
@@ -21,7 +22,7 @@ def pytest_configure(config):
   one): the same tiny programs are otherwise compiled again in each of them."""
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="smtc_jax_xla_cache_")
-    config.smtc_owned_cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    config.stash[OWNED_CACHE] = os.environ["JAX_COMPILATION_CACHE_DIR"]
   for key, value in CACHE_ENV.items():
     os.environ.setdefault(key, value)
   # This process imported jax before the variables were set.
@@ -33,7 +34,7 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-  owned = getattr(config, "smtc_owned_cache", None)
+  owned = config.stash.get(OWNED_CACHE, None)
   if owned:
     shutil.rmtree(owned, ignore_errors=True)
 
