@@ -37,7 +37,6 @@ TASKS = {
     "jhmdb": ("pck",),
     "vip": ("miou",),
 }
-MASK_PROPAGATION_TASKS = ("jf_propagation", "miou")
 
 
 def tasks_of(benchmark: str) -> tuple[str, ...]:
@@ -82,7 +81,7 @@ def evaluate_method(predictor, variables, video, tasks):
                                                                             video.frames)
     values.update(scores.score_discovery(video, predictions["discovery"], tasks,
                                          e.unsupervised_matching, e.max_proposals))
-  if any(t in tasks for t in MASK_PROPAGATION_TASKS):
+  if any(t in tasks for t in scores.MASK_PROPAGATION_TASKS):
     predictions["propagation"] = propagate_masks(predictor, variables, video.frames,
                                                  video.labels[0], _num_labels(video, tasks))
     values.update(scores.score_masks(video, predictions["propagation"], tasks))
@@ -101,7 +100,7 @@ def evaluate_trivial(video, tasks, e):
   if any(t in tasks for t in scores.DISCOVERY_TASKS):
     values.update(scores.score_discovery(video, np.ones(video.frames.shape[:3], np.uint8), tasks,
                                          e.unsupervised_matching, e.max_proposals))
-  if any(t in tasks for t in MASK_PROPAGATION_TASKS):
+  if any(t in tasks for t in scores.MASK_PROPAGATION_TASKS):
     first = np.where(video.labels[0] == davis.VOID_LABEL, 0, video.labels[0])
     values.update(scores.score_masks(video, np.repeat(first[None], count, axis=0), tasks))
   if "pck" in tasks:

@@ -6,6 +6,7 @@ import numpy as np
 from smtc_jax.evaluation import davis, parts, pose, readers
 
 DISCOVERY_TASKS = ("iou", "jf_discovery")  # what object discovery is scored by
+MASK_PROPAGATION_TASKS = ("jf_propagation", "miou")  # what propagated masks are scored by
 
 
 def discovery_truth(video: readers.Video, tasks):

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from smtc_jax.data import palette
-from smtc_jax.evaluation.scores import DISCOVERY_TASKS
+from smtc_jax.evaluation.scores import DISCOVERY_TASKS, MASK_PROPAGATION_TASKS
 
 COLUMNS = {"iou": "single-object IoU", "jf_discovery": "multi-object J&F",
            "jf_propagation": "label propagation J&F", "miou": "part mIoU"}
@@ -105,7 +105,7 @@ def print_summary(summary: dict, weights: dict, e, count: int, root: str) -> Non
     protocol = ("the official once-per-video" if e.unsupervised_matching == "video"
                 else "the per-frame (authors' repo, NOT official)")
     print(f"multi-object J&F uses {protocol} assignment")
-  if any(k in ("jf_propagation", "miou") or k.startswith("pck") for k in keys):
+  if any(k in MASK_PROPAGATION_TASKS or k.startswith("pck@") for k in keys):
     print(f"label propagation (CRW protocol): {e.prop_features} within {e.prop_radius:.3g} cells,",
           f"top {e.prop_topk}, {e.prop_video_len} context frames, temperature {e.prop_temperature:g}")
   print(f"{'method':12s} " + " ".join(f"{SHORT.get(k, k.upper()):>10s}" for k in keys))
