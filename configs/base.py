@@ -157,6 +157,8 @@ def get_data_config() -> ml_collections.ConfigDict:
   s.size = 128
   s.max_objects = 4
   s.seed = 0
+  s.lighting = 0.0  # drift of the light (synthetic.SyntheticSpec)
+  s.noise = 0.0  # sensor noise, grey levels
   return d
 
 

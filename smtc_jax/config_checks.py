@@ -168,7 +168,9 @@ def check_data(config, mode: str) -> list[str]:
          *one_of(config, "data.augment.hue_space", HUE_SPACES),
          *at_least(config, "data.synthetic.num_train", 1),
          *at_least(config, "data.synthetic.num_val", 0), *at_least(config, "data.synthetic.size", 1),
-         *at_least(config, "data.synthetic.max_objects", 1)]
+         *at_least(config, "data.synthetic.max_objects", 1),
+         *within(config, "data.synthetic.lighting", 0.0, 1.0),
+         *at_least(config, "data.synthetic.noise", 0.0)]
   if not d.split:
     out.append("data.split is empty")
   if not check_model(config):  # the encoder's stride is defined for a valid model section

@@ -91,6 +91,8 @@ def test_the_allowed_values_are_the_ones_the_configs_use():
     ("optim.learning_rate", 0.0, "optim.learning_rate=0.0 must be > 0.0"),
     ("data.synthetic.num_frames", 3, "data.synthetic.num_frames=3 is below data.num_frames=4: "
                                      "no synthetic video could give a clip"),
+    ("data.synthetic.lighting", 1.5, "data.synthetic.lighting=1.5 must lie in [0.0, 1.0]"),
+    ("data.synthetic.noise", -2.0, "data.synthetic.noise=-2.0 must be >= 0.0"),
     ("init.checkpoint", "/nowhere/dino", "init.checkpoint='/nowhere/dino' is not a folder"),
 ])
 def test_numbers_and_paths_out_of_range_are_named(field, value, message):

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -55,6 +56,41 @@ def test_synthetic_videos_have_repeated_categories_and_occlusion():
       occluded += area.min() < 0.8 * area.max()
   assert repeated >= 3
   assert occluded >= 3
+
+
+def test_lit_set_holds_the_flat_sets_scenes_under_a_drifting_light(tmp_path):
+  lit = dataclasses.replace(SMALL, lighting=0.3, noise=5.0)
+  flat_root = synthetic.ensure_synthetic_davis(str(tmp_path / "flat"), SMALL)
+  lit_root = synthetic.ensure_synthetic_davis(str(tmp_path / "lit"), lit)
+  name = "val000"
+  videos = {}
+  for label, root in (("flat", flat_root), ("lit", lit_root)):
+    frames = np.stack([sources.load_frame(p) for p in
+                       sources.list_frames(os.path.join(root, synthetic.IMAGE_DIR, name))])
+    labels = np.stack([palette.read_palette_png(os.path.join(root, synthetic.ANNOTATION_DIR, name,
+                                                             f"{f:05d}.png"))
+                       for f in range(SMALL.num_frames)])
+    videos[label] = (frames, labels)
+  np.testing.assert_array_equal(videos["flat"][1], videos["lit"][1])  # same scenes, same masks
+  # The background's mean brightness: nearly constant in the flat set (it only drifts
+  # sideways), it follows the light in the lit one.
+  def background_brightness(frames, labels):
+    return np.array([f[l == 0].mean() for f, l in zip(frames.astype(np.float32), labels)])
+  flat_range = np.ptp(background_brightness(*videos["flat"]))
+  lit_range = np.ptp(background_brightness(*videos["lit"]))
+  assert lit_range > 3 * flat_range and lit_range > 10
+
+
+def test_a_set_written_before_the_light_existed_still_counts_as_flat(tmp_path):
+  root = synthetic.ensure_synthetic_davis(str(tmp_path / "s"), SMALL)
+  marker = os.path.join(root, synthetic.COMPLETE_MARKER)
+  with open(marker) as f:
+    recorded = json.load(f)
+  with open(marker, "w") as f:  # what an older version wrote
+    json.dump({k: v for k, v in recorded.items() if k not in ("lighting", "noise")}, f)
+  assert synthetic.ensure_synthetic_davis(root, SMALL) == root
+  with pytest.raises(ValueError, match="another spec"):
+    synthetic.ensure_synthetic_davis(root, dataclasses.replace(SMALL, lighting=0.3))
 
 
 def test_clip_indices_use_the_stride_and_shrink_it_for_short_videos():

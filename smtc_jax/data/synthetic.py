@@ -35,6 +35,9 @@ UNSUPERVISED_DIR = os.path.join("Annotations_unsupervised", "480p")
 CATEGORY_DIR = "Categories"
 IMAGESET_DIR = os.path.join("ImageSets", "2017")
 COMPLETE_MARKER = "SYNTHETIC_COMPLETE.json"
+# Sets written before the light existed recorded no such fields: they are flat.
+FLAT_LIGHT = {"lighting": 0.0, "noise": 0.0}
+LIGHT_STREAM = 1  # the light's random stream: (seed, LIGHT_STREAM); scenes use (seed,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,10 @@ class SyntheticSpec:
   size: int = 128
   max_objects: int = 4
   seed: int = 0
+  # Real footage is lit: the light's strength, direction and colour drift through
+  # a video, so an object's colours change as it moves. 0 = flat, constant light.
+  lighting: float = 0.0
+  noise: float = 0.0  # sensor noise, s.d. in grey levels (0-255), fresh each frame
 
 
 def _category_colours(category: int):
@@ -105,9 +112,33 @@ def _trajectory(rng, size: int, radius: float, num_frames: int) -> np.ndarray:
   return np.stack(out)
 
 
-def generate_video(rng, spec: SyntheticSpec):
+def _smooth_walk(rng, num_frames: int, amplitude: float, size: int = 1) -> np.ndarray:
+  """(T, size) slow random curves in [-amplitude, amplitude]: a sum of two sines of
+  random period (longer than a quarter of the video) and phase per curve."""
+  t = np.arange(num_frames, dtype=np.float32)[:, None]
+  periods = rng.uniform(num_frames / 4, 2 * num_frames, (2, size))
+  phases = rng.uniform(0, 2 * np.pi, (2, size))
+  waves = np.sin(2 * np.pi * t[None] / periods[:, None] + phases[:, None])  # (2, T, size)
+  return amplitude * waves.mean(0)
+
+
+def _illumination(rng, size: int, num_frames: int, strength: float) -> np.ndarray:
+  """(T, S, S, 3) gain: a light whose brightness and colour drift over the video and
+  which falls off across the frame along a direction that turns slowly."""
+  y, x = (np.mgrid[0:size, 0:size].astype(np.float32) / size) - 0.5
+  brightness = _smooth_walk(rng, num_frames, strength)  # (T, 1)
+  tint = _smooth_walk(rng, num_frames, strength / 3, 3)  # (T, 3)
+  angle = rng.uniform(0, 2 * np.pi) + _smooth_walk(rng, num_frames, np.pi / 2)[:, 0]
+  falloff = strength * (np.cos(angle)[:, None, None] * x + np.sin(angle)[:, None, None] * y)
+  gain = 1.0 + brightness[:, :, None] + falloff  # (T, S, S)
+  return gain[..., None] * (1.0 + tint[:, None, None, :])
+
+
+def generate_video(rng, spec: SyntheticSpec, light_rng=None):
   """One video: frames (T, S, S, 3) uint8, instance labels (T, S, S) uint8, and
-  {instance id: category index}."""
+  {instance id: category index}. The light and the noise draw from `light_rng`
+  (default: `rng`), so a lit set can hold the same scenes as a flat one."""
+  light_rng = rng if light_rng is None else light_rng
   size, t = spec.size, spec.num_frames
   num_objects = int(rng.integers(1, spec.max_objects + 1))
   categories = list(rng.integers(0, len(CATEGORIES), num_objects))
@@ -135,6 +166,10 @@ def generate_video(rng, spec: SyntheticSpec):
       colour = np.where(pattern[..., None], fg, bg)
       frames[f][inside] = colour[inside]
       labels[f][inside] = instance + 1
+  if spec.lighting > 0:
+    frames = frames * _illumination(light_rng, size, t, spec.lighting)
+  if spec.noise > 0:
+    frames = frames + light_rng.normal(0.0, spec.noise, frames.shape)
   objects = {int(i + 1): int(categories[i]) for i in range(num_objects)}
   return np.clip(frames, 0, 255).astype(np.uint8), labels, objects
 
@@ -168,7 +203,7 @@ def ensure_synthetic_davis(root: str, spec: SyntheticSpec = SyntheticSpec()) -> 
   wanted = dataclasses.asdict(spec)
   if os.path.exists(marker):
     with open(marker) as f:
-      if json.load(f) == wanted:
+      if {**FLAT_LIGHT, **json.load(f)} == wanted:
         return root
     raise ValueError(f"{root} holds a synthetic set with another spec ({marker}); "
                      f"remove it or choose another data dir")
@@ -178,11 +213,12 @@ def ensure_synthetic_davis(root: str, spec: SyntheticSpec = SyntheticSpec()) -> 
   tmp = root.rstrip("/") + f".tmp{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   rng = np.random.default_rng(spec.seed)
+  light_rng = np.random.default_rng((spec.seed, LIGHT_STREAM))
   splits = {"train": spec.num_train, "val": spec.num_val}
   for split, count in splits.items():
     names = [f"{split}{i:03d}" for i in range(count)]
     for name in names:
-      _write_video(tmp, name, *generate_video(rng, spec))
+      _write_video(tmp, name, *generate_video(rng, spec, light_rng))
     os.makedirs(os.path.join(tmp, IMAGESET_DIR), exist_ok=True)
     with open(os.path.join(tmp, IMAGESET_DIR, f"{split}.txt"), "w") as f:
       f.write("\n".join(names) + "\n")
