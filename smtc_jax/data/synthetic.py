@@ -3,7 +3,9 @@
 Categories are shape x texture families (3 x 3 = 9, each with its own colours),
 so that several instances can share one semantic category, which is SMTC's
 point. Objects move smoothly, bounce off the borders, occlude each other by a
-fixed depth order, over a textured background that drifts. Everything is a
+fixed depth order, over a textured background that drifts. Optionally
+(`lighting`, `noise`) the scene is lit by a light that drifts in brightness,
+colour and direction, and each frame gets sensor noise. Everything is a
 function of the seed.
 
 Layout under `root`:
