@@ -115,7 +115,7 @@ def _trajectory(rng, size: int, radius: float, num_frames: int) -> np.ndarray:
 
 
 def _smooth_walk(rng, num_frames: int, amplitude: float, size: int = 1) -> np.ndarray:
-  """(T, size) slow random curves in [-amplitude, amplitude]: a sum of two sines of
+  """(T, size) slow random curves in [-amplitude, amplitude]: the mean of two sines of
   random period (longer than a quarter of the video) and phase per curve."""
   t = np.arange(num_frames, dtype=np.float32)[:, None]
   periods = rng.uniform(num_frames / 4, 2 * num_frames, (2, size))
