@@ -7,6 +7,7 @@ import pytest
 
 from configs import tiny
 from smtc_jax.data import palette, pipeline, sources, synthetic
+from smtc_jax.evaluation import readers
 
 SMALL = synthetic.SyntheticSpec(num_train=6, num_val=2, num_frames=16, size=48, seed=3)
 
@@ -59,25 +60,18 @@ def test_synthetic_videos_have_repeated_categories_and_occlusion():
 
 
 def test_lit_set_holds_the_flat_sets_scenes_under_a_drifting_light(tmp_path):
-  lit = dataclasses.replace(SMALL, lighting=0.3, noise=5.0)
+  lit_spec = dataclasses.replace(SMALL, lighting=0.3, noise=5.0)
   flat_root = synthetic.ensure_synthetic_davis(str(tmp_path / "flat"), SMALL)
-  lit_root = synthetic.ensure_synthetic_davis(str(tmp_path / "lit"), lit)
-  name = "val000"
-  videos = {}
-  for label, root in (("flat", flat_root), ("lit", lit_root)):
-    frames = np.stack([sources.load_frame(p) for p in
-                       sources.list_frames(os.path.join(root, synthetic.IMAGE_DIR, name))])
-    labels = np.stack([palette.read_palette_png(os.path.join(root, synthetic.ANNOTATION_DIR, name,
-                                                             f"{f:05d}.png"))
-                       for f in range(SMALL.num_frames)])
-    videos[label] = (frames, labels)
-  np.testing.assert_array_equal(videos["flat"][1], videos["lit"][1])  # same scenes, same masks
+  lit_root = synthetic.ensure_synthetic_davis(str(tmp_path / "lit"), lit_spec)
+  flat, lit = (readers.davis2017_load(root, "val", "val000") for root in (flat_root, lit_root))
+  np.testing.assert_array_equal(flat.labels, lit.labels)  # same scenes, same masks
   # The background's mean brightness: nearly constant in the flat set (it only drifts
   # sideways), it follows the light in the lit one.
-  def background_brightness(frames, labels):
-    return np.array([f[l == 0].mean() for f, l in zip(frames.astype(np.float32), labels)])
-  flat_range = np.ptp(background_brightness(*videos["flat"]))
-  lit_range = np.ptp(background_brightness(*videos["lit"]))
+  def background_brightness(video):
+    frames = video.frames.astype(np.float32)
+    return np.array([f[l == 0].mean() for f, l in zip(frames, video.labels)])
+  flat_range = np.ptp(background_brightness(flat))
+  lit_range = np.ptp(background_brightness(lit))
   assert lit_range > 3 * flat_range and lit_range > 10
 
 
@@ -87,7 +81,7 @@ def test_a_set_written_before_the_light_existed_still_counts_as_flat(tmp_path):
   with open(marker) as f:
     recorded = json.load(f)
   with open(marker, "w") as f:  # what an older version wrote
-    json.dump({k: v for k, v in recorded.items() if k not in ("lighting", "noise")}, f)
+    json.dump({k: v for k, v in recorded.items() if k not in synthetic.FLAT_LIGHT}, f)
   assert synthetic.ensure_synthetic_davis(root, SMALL) == root
   with pytest.raises(ValueError, match="another spec"):
     synthetic.ensure_synthetic_davis(root, dataclasses.replace(SMALL, lighting=0.3))

@@ -114,13 +114,13 @@ def _trajectory(rng, size: int, radius: float, num_frames: int) -> np.ndarray:
   return np.stack(out)
 
 
-def _smooth_walk(rng, num_frames: int, amplitude: float, size: int = 1) -> np.ndarray:
-  """(T, size) slow random curves in [-amplitude, amplitude]: the mean of two sines of
+def _smooth_walk(rng, num_frames: int, amplitude: float, curves: int = 1) -> np.ndarray:
+  """(T, curves) slow random curves in [-amplitude, amplitude]: the mean of two sines of
   random period (longer than a quarter of the video) and phase per curve."""
   t = np.arange(num_frames, dtype=np.float32)[:, None]
-  periods = rng.uniform(num_frames / 4, 2 * num_frames, (2, size))
-  phases = rng.uniform(0, 2 * np.pi, (2, size))
-  waves = np.sin(2 * np.pi * t[None] / periods[:, None] + phases[:, None])  # (2, T, size)
+  periods = rng.uniform(num_frames / 4, 2 * num_frames, (2, curves))
+  phases = rng.uniform(0, 2 * np.pi, (2, curves))
+  waves = np.sin(2 * np.pi * t[None] / periods[:, None] + phases[:, None])  # (2, T, curves)
   return amplitude * waves.mean(0)
 
 
