@@ -267,8 +267,9 @@ def get_eval_config() -> ml_collections.ConfigDict:
   e.max_proposals = 20
   # Background rule for discovery (ours; the paper keeps every eq. 11 candidate):
   # 'border' drops proposals whose share of the frame border is at least
-  # border_ratio times their share of the frame (stuff reaches the edges).
-  e.background = "none"  # none | border
+  # border_ratio times their share of the frame (stuff reaches the edges);
+  # 'border_components' drops only those proposals' components that touch it.
+  e.background = "none"  # none | border | border_components
   e.border_ratio = 0.5
   # How a proposal keeps its id through the video (the paper and the code do not
   # say): 'slots' (the instance slots' own ids, linked clip to clip by their object

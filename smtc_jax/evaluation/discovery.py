@@ -35,7 +35,7 @@ from smtc_jax.losses import l2_normalize
 from smtc_jax.matching import bipartite_match
 
 CANDIDATE_RULES = ("eq11", "score")  # eval.candidates
-BACKGROUND_RULES = ("none", "border")  # eval.background
+BACKGROUND_RULES = ("none", "border", "border_components")  # eval.background
 TRACK_RULES = ("slots", "components")  # eval.tracks
 
 
@@ -143,6 +143,23 @@ def border_background(ids: np.ndarray, ratio: float) -> np.ndarray:
   area = np.bincount(ids.ravel(), minlength=count) / ids.size
   on_border = np.bincount(ids[:, border].ravel(), minlength=count) / ids[:, border].size
   return (area > 0) & (on_border >= ratio * area)
+
+
+def border_component_background(ids: np.ndarray, ratio: float) -> np.ndarray:
+  """(F, H, W) ids with the border rule applied per connected component: of each
+  proposal that border_background marks, only the components that touch the
+  frame's border go to background (0); its components inside the frame keep
+  their id, so an object that shares a proposal with stuff is not dropped with it."""
+  marked = np.flatnonzero(border_background(ids, ratio))
+  out = ids.copy()
+  for frame in out:
+    for k in marked[marked > 0]:
+      labels, count = ndimage.label(frame == k)
+      if not count:
+        continue
+      edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+      frame[np.isin(labels, edge[edge > 0])] = 0
+  return out
 
 
 def components(foreground: np.ndarray, min_pixels: int) -> list[np.ndarray]:
@@ -271,7 +288,8 @@ def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: 
   (proposals (F, H, W) uint8 with ids 1..K <= max_proposals, semantic (F, H, W)
   uint8 argmax semantic + 1) of the video's num_frames frames (the padding of
   the last clip dropped). `background`: 'none' or 'border' (border_background at
-  border_ratio, over the video); `tracking`: how ids persist through the video.
+  border_ratio, over the video) or 'border_components' (only the marked
+  proposals' components that touch the border); `tracking`: how ids persist through the video.
   """
   if background not in BACKGROUND_RULES:
     raise ValueError(f"eval.background must be one of {BACKGROUND_RULES}, got {background!r}")
@@ -298,6 +316,8 @@ def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: 
   ids = np.where(is_candidate, winner + 1, 0)[:num_frames]
   if background == "border":
     ids = np.where(border_background(ids, border_ratio)[ids], 0, ids)
+  elif background == "border_components":
+    ids = border_component_background(ids, border_ratio)
   if tracking.rule == "components":
     ids = component_tracks(ids, tracking)
   # Renumber by area; keep the largest max_proposals.
