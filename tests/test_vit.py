@@ -104,3 +104,17 @@ def test_stochastic_depth_acts_in_training_mode_only():
   other = dropping.apply(variables, images, train=True,
                          rngs={vit.RNG_DROP_PATH: jax.random.PRNGKey(3)})["tokens"]
   assert np.abs(np.asarray(other) - trained).max() > 1e-3
+
+
+def test_gelu_is_the_exact_erf_gelu_and_its_derivative():
+  # Against float64 x * Phi(x) from scipy, and its derivative Phi(x) + x * phi(x).
+  from scipy import special, stats
+  x = np.linspace(-8.0, 8.0, 4001).astype(np.float32)
+  x64 = x.astype(np.float64)
+  np.testing.assert_allclose(vit.gelu(jnp.asarray(x)), x64 * special.ndtr(x64), rtol=1e-6, atol=1e-6)
+  grad = jax.vmap(jax.grad(vit.gelu))(jnp.asarray(x))
+  expected = special.ndtr(x64) + x64 * stats.norm.pdf(x64)
+  np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+  # The same function as flax's exact GELU (its erfc form).
+  np.testing.assert_allclose(vit.gelu(jnp.asarray(x)), jax.nn.gelu(jnp.asarray(x), approximate=False),
+                             rtol=1e-6, atol=1e-6)

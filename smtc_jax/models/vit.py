@@ -105,6 +105,13 @@ class HeadMergeDense(nn.Module):
     return jnp.einsum("bhlc,hcd->bld", x, kernel.reshape(h, c, self.features)) + bias
 
 
+def gelu(x):
+  """Exact (erf) GELU as torch computes it, x / 2 * (1 + erf(x / sqrt(2))): the
+  same function as nn.gelu(approximate=False), whose erfc form XLA expands into
+  two polynomials, an exp and selects (the MLP 1.16x slower on CPU)."""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * (2.0 ** -0.5)))
+
+
 class Attention(nn.Module):
   """Multi-head self-attention; also returns the keys, heads concatenated."""
   num_heads: int
@@ -136,7 +143,7 @@ class Mlp(nn.Module):
   def __call__(self, x):
     d = x.shape[-1]
     x = nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x)
-    x = nn.gelu(x, approximate=False)  # torch.nn.GELU is the exact erf form.
+    x = gelu(x)  # torch.nn.GELU is the exact erf form.
     return nn.Dense(d, dtype=self.dtype, name="fc2")(x)
 
 
