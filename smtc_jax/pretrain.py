@@ -36,6 +36,7 @@ from smtc_jax import sharding
 from smtc_jax import train
 from smtc_jax.data import pipeline
 from smtc_jax.models import smtc
+from smtc_jax.models import vit
 
 PRETRAIN_DIR = "pretrain"
 
@@ -49,8 +50,8 @@ class PrototypeHead(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.gelu(nn.Dense(self.hidden, name="fc1")(x))
-    x = nn.gelu(nn.Dense(self.hidden, name="fc2")(x))
+    x = vit.gelu(nn.Dense(self.hidden, name="fc1")(x))  # DINO: nn.GELU, the exact form
+    x = vit.gelu(nn.Dense(self.hidden, name="fc2")(x))
     x = losses.l2_normalize(nn.Dense(self.bottleneck, name="fc3")(x))
     prototypes = self.param("prototypes", nn.initializers.lecun_normal(),
                             (self.bottleneck, self.num_prototypes))
