@@ -259,13 +259,12 @@ def test_border_background_drops_what_fills_the_frame_edges():
                                 [False, False, False, False, True])
 
 
-
 def test_border_components_keep_the_inside_pieces_of_a_border_proposal():
   ids = np.zeros((2, 8, 8), np.int64)
   ids[:, 0:2, :] = 1  # proposal 1: a band along the top edge...
   ids[:, 4:6, 3:5] = 1  # ...and a blob inside the frame, apart from it;
   ids[:, 4:6, 6:8] = 2  # proposal 2 sits on the right edge alone.
-  ids[:, 6:8, 0:2] = 3  # proposal 3: in a corner, a ninth of the border.
+  ids[:, 6:8, 0:2] = 3  # proposal 3: in a corner, 3 of the 28 border cells.
   # Shares of the frame / of its 28 border cells: 1: 20/64, 10/28; 2: 4/64, 2/28;
   # 3: 4/64, 3/28; at ratio 0.5 proposals 1, 2 and 3 are marked.
   assert discovery.border_background(ids, ratio=0.5)[1:].tolist() == [True, True, True]
@@ -277,6 +276,7 @@ def test_border_components_keep_the_inside_pieces_of_a_border_proposal():
   # Unmarked proposals are untouched: at ratio 1.5 only proposal 3 is marked.
   only_corner = np.where(ids == 3, 0, ids)
   np.testing.assert_array_equal(discovery.border_component_background(ids, ratio=1.5), only_corner)
+
 
 def test_first_stage_only_proposals_are_the_large_semantic_masks():
   # One clip of 2 frames, N = 3 semantics on a 2 x 2 grid, P = 2.

@@ -289,7 +289,8 @@ def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: 
   uint8 argmax semantic + 1) of the video's num_frames frames (the padding of
   the last clip dropped). `background`: 'none' or 'border' (border_background at
   border_ratio, over the video) or 'border_components' (only the marked
-  proposals' components that touch the border); `tracking`: how ids persist through the video.
+  proposals' components that touch the border); `tracking`: how ids persist
+  through the video.
   """
   if background not in BACKGROUND_RULES:
     raise ValueError(f"eval.background must be one of {BACKGROUND_RULES}, got {background!r}")
