@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import special, stats
 
 from smtc_jax.models import vit
 
@@ -108,7 +109,6 @@ def test_stochastic_depth_acts_in_training_mode_only():
 
 def test_gelu_is_the_exact_erf_gelu_and_its_derivative():
   # Against float64 x * Phi(x) from scipy, and its derivative Phi(x) + x * phi(x).
-  from scipy import special, stats
   x = np.linspace(-8.0, 8.0, 4001).astype(np.float32)
   x64 = x.astype(np.float64)
   np.testing.assert_allclose(vit.gelu(jnp.asarray(x)), x64 * special.ndtr(x64), rtol=1e-6, atol=1e-6)
