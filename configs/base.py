@@ -288,6 +288,10 @@ def get_eval_config() -> ml_collections.ConfigDict:
   # seen apart for a frame do not cut it in two.
   e.track_merge_share = 0.3
   e.track_merge_min_frames = 2
+  # With components and merge cuts: track the video backwards first and link the
+  # segments that pass cut forwards, so objects that touch at the start and part
+  # later are cut too, not only those that part first and touch later.
+  e.track_backward_pass = False
   # With components: each proposal's gaps narrower than about twice this share of
   # the frame's shorter side are closed, and holes in their union filled, before the
   # union is cut into components (0: as predicted): the stripes and dots of a

@@ -110,6 +110,25 @@ def test_objects_that_touch_keep_their_ids_when_merges_are_cut():
   assert len(set(left(whole))) + len(set(right(whole))) > 2
 
 
+def test_objects_that_touch_at_the_start_and_part_later_are_cut_with_a_backward_pass():
+  foreground = _touching_discs()[3:]  # overlapping in frames 0-2, apart from frame 3 on
+  xs = LEFT_X[3:]
+  left = lambda tracks: [int(tracks[t, 12, x]) for t, x in enumerate(xs)]
+  right = lambda tracks: [int(tracks[t, 12, 24 - x]) for t, x in enumerate(xs)]
+  tracking = discovery.Tracking("components", min_area=0.01, min_iou=0.2, max_gap=3,
+                                merge_share=0.3, merge_min_frames=2)
+  forward = discovery.component_tracks(foreground, tracking)
+  assert len(np.unique(forward[0])) == 2  # one id for the merged blob
+  assert len(set(left(forward))) + len(set(right(forward))) > 2  # a disc changes id
+  both = discovery.component_tracks(foreground, dataclasses.replace(tracking, backward_pass=True))
+  assert len(set(left(both))) == 1 and len(set(right(both))) == 1 and left(both)[0] != right(both)[0]
+  assert set(np.unique(both[0])) == {0, left(both)[0], right(both)[0]}  # the blob is shared
+  # Objects that part first and touch later are cut as without the backward pass.
+  late = _touching_discs()[:6]
+  assert (discovery.component_tracks(late, dataclasses.replace(tracking, backward_pass=True))
+          == discovery.component_tracks(late, tracking)).all()
+
+
 def test_an_object_seen_in_pieces_for_one_frame_is_not_cut_apart():
   disc = _disc((12, 12), radius=5)
   pieces = disc.copy()
@@ -169,8 +188,9 @@ def test_tracking_rule_comes_from_the_config():
   config.eval.tracks, config.eval.track_min_iou = "components", 0.3
   config.eval.track_merge_share = 0.5
   config.eval.track_gap_radius = 0.03
+  config.eval.track_backward_pass = True
   assert discovery.Tracking.from_config(config) == discovery.Tracking("components", 0.0025, 0.3, 3,
-                                                                      0.5, 2, 0.03)
+                                                                      0.5, 2, 0.03, True)
   config.eval.tracks = "foo"
   with pytest.raises(ValueError, match="eval.tracks"):
     discovery.Tracking.from_config(config)

@@ -50,7 +50,10 @@ class Tracking:
   came to touch) is cut between them; only tracks seen whole in at least
   merge_min_frames frames count, so a fragmented object is not cut apart. With
   gap_radius > 0 (a share of the frame's shorter side) each proposal's gaps are
-  closed and the union's holes filled first (closed_foreground)."""
+  closed and the union's holes filled first (closed_foreground). With
+  backward_pass, the merge cut runs over the reversed video first and the forward
+  tracking links the segments it left, so objects that touch early in the video
+  and part later are cut where they touch, not only those that part early."""
   rule: str = "slots"
   min_area: float = 0.0025
   min_iou: float = 0.2
@@ -58,6 +61,7 @@ class Tracking:
   merge_share: float = 0.0
   merge_min_frames: int = 2
   gap_radius: float = 0.0
+  backward_pass: bool = False
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "Tracking":
@@ -65,7 +69,8 @@ class Tracking:
     if e.tracks not in TRACK_RULES:
       raise ValueError(f"eval.tracks must be one of {TRACK_RULES}, got {e.tracks!r}")
     return cls(e.tracks, e.track_min_area, e.track_min_iou, e.track_max_gap,
-               e.track_merge_share, e.track_merge_min_frames, e.track_gap_radius)
+               e.track_merge_share, e.track_merge_min_frames, e.track_gap_radius,
+               e.track_backward_pass)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,16 +263,20 @@ def link_segments(segments: list[list[np.ndarray]], min_iou: float, max_gap: int
 def component_tracks(ids: np.ndarray, tracking: Tracking) -> np.ndarray:
   """(F, H, W) proposal ids (0: background) -> (F, H, W) int32 track ids (0:
   background) of the connected components of their union (gaps closed by
-  tracking.gap_radius first), linked frame to frame (link_segments)."""
+  tracking.gap_radius first), linked frame to frame (link_segments), after a
+  backward pass that cuts merges too with tracking.backward_pass."""
   min_pixels = max(1, int(round(tracking.min_area * ids[0].size)))
   if tracking.gap_radius > 0:
     radius = int(round(tracking.gap_radius * min(ids.shape[1:])))
     foreground = np.stack([closed_foreground(frame, radius) for frame in ids])
   else:
     foreground = ids > 0
-  segments, track_ids = link_segments([components(f, min_pixels) for f in foreground],
-                                      tracking.min_iou, tracking.max_gap, tracking.merge_share,
-                                      tracking.merge_min_frames)
+  link = lambda segments: link_segments(segments, tracking.min_iou, tracking.max_gap,
+                                        tracking.merge_share, tracking.merge_min_frames)
+  segments = [components(f, min_pixels) for f in foreground]
+  if tracking.backward_pass:
+    segments = link(segments[::-1])[0][::-1]
+  segments, track_ids = link(segments)
   out = np.zeros(foreground.shape, np.int32)
   for frame, (masks, tracks) in enumerate(zip(segments, track_ids)):
     for mask, track in zip(masks, tracks):
