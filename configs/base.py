@@ -86,6 +86,12 @@ def get_loss_config() -> ml_collections.ConfigDict:
   # iterations for the marginals to hold to 1e-3); the code runs 3.
   l.sinkhorn_iters = 100
   l.sinkhorn_marginals = "uniform"  # uniform (eq. 8) | feature_norm (code)
+  # Ours, not SMTC's (off here): DINO's guard against one semantic taking every
+  # token. L_sem's targets come from the teacher's logits less each semantic's
+  # mean logit over the batch (DINO keeps a running mean; here the step's whole
+  # batch), divided by teacher_temperature (below 1 sharpens them).
+  l.teacher_centre = False
+  l.teacher_temperature = 1.0
   # Valid instances (eq. 11). The semantic mask is binarised at probability
   # valid_mask_tau (paper: the same tau = 0.5 as eq. 7; code: 0.3).
   l.valid_mask_tau = 0.5

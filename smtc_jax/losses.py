@@ -63,13 +63,24 @@ def _marginals(features, mode: str):
   raise ValueError(f"loss.sinkhorn_marginals must be 'uniform' or 'feature_norm', got {mode!r}")
 
 
+def semantic_centre(teacher_logits):
+  """Each semantic's mean teacher logit over clips, frames and tokens: (N,) of
+  (B, T, N, L) logits."""
+  return jnp.mean(teacher_logits, axis=(0, 1, 3))
+
+
 def semantic_alignment_loss(student_logits, teacher_logits, teacher_features, *,
-                            epsilon: float, num_iters: int, marginals: str, eps: float):
+                            epsilon: float, num_iters: int, marginals: str, eps: float,
+                            centre: bool = False, batch_centre=None,
+                            teacher_temperature: float = 1.0):
   """L_sem (eq. 8-9), averaged over clips and ordered frame pairs t != j.
 
   student_logits, teacher_logits: (B, T, N, L) stage-1 logits;
   teacher_features: (B, T, L, D). The patch correspondence pi_tj comes from the
   teacher's features with cost 1 - cos (= -C_tj on unit features up to a constant).
+  With `centre` (ours, loss.teacher_centre) the teacher's logits lose each
+  semantic's mean, `batch_centre` (N,) or else semantic_centre of these logits,
+  before the softmax at `teacher_temperature` gives the targets.
   """
   _, t, _, _ = student_logits.shape
   first, second = frame_pairs(t)
@@ -82,7 +93,11 @@ def semantic_alignment_loss(student_logits, teacher_logits, teacher_features, *,
   solve = lambda c, x, y: sinkhorn_plan(c, x, y, epsilon=epsilon, num_iters=num_iters)
   plan = jax.vmap(jax.vmap(solve))(cost, a, b)  # (B, K, L, L)
   log_student = jnp.log(jax.nn.softmax(student_logits[:, first], axis=2) + eps)  # (B, K, N, L)
-  teacher = jax.lax.stop_gradient(jax.nn.softmax(teacher_logits[:, second], axis=2))
+  if centre:
+    teacher_logits = teacher_logits - (semantic_centre(teacher_logits) if batch_centre is None
+                                       else batch_centre)[:, None]
+  teacher = jax.lax.stop_gradient(
+      jax.nn.softmax(teacher_logits[:, second] / teacher_temperature, axis=2))
   cross_entropy = -jnp.einsum("bknu,bknv->bkuv", log_student, teacher)
   return jnp.mean(jnp.sum(plan * cross_entropy, axis=(-2, -1)))
 
@@ -201,6 +216,14 @@ def cycle_consistency_loss(features, *, temperature: float, eps: float):
   return jnp.mean(jnp.stack(terms))
 
 
+def top_semantic_share(semantic_masks):
+  """Per clip, the largest share of its mass (frames x tokens) any one semantic
+  takes, averaged over clips: 1 / N when the semantics share the frames evenly,
+  near 1 when one semantic has swallowed every frame (a collapse L_reg cannot
+  undo: flat masks are a stationary point of eq. 10). semantic_masks: (B, T, N, L)."""
+  return jnp.mean(jnp.max(jnp.mean(semantic_masks, axis=(1, 3)), axis=-1))
+
+
 def instance_validity(out, config: ml_collections.ConfigDict):
   """I_t (eq. 11) of a model output with the config's thresholds: (B, T, N, P)."""
   l = config.loss
@@ -216,16 +239,20 @@ def valid_student_count(student, config: ml_collections.ConfigDict):
 
 
 def smtc_loss(student, teacher, config: ml_collections.ConfigDict, *,
-              batch_fraction: float = 1.0, obj_count=None):
-  """Total loss of eq. 13 and its terms: (total, {'sem', 'reg', 'obj', 'valid'}).
+              batch_fraction: float = 1.0, obj_count=None, teacher_centre=None):
+  """Total loss of eq. 13 and its terms: (total, {'sem', 'reg', 'obj', 'cycle',
+  'valid', 'top_share'}).
 
-  `valid` is the fraction of valid student instances (a metric, not a loss).
+  `valid` is the fraction of valid student instances and `top_share` the
+  student's top_semantic_share (metrics, not losses).
   For a micro-batch of a step's batch, `batch_fraction` is its share of the
-  clips and `obj_count` the whole batch's valid_student_count: L_sem, L_reg and
-  `valid` are means over clips, so they are weighted by the share, and L_obj's
-  numerator is divided by the whole batch's count. The total and the terms are
-  then the micro-batch's contributions, which sum over the micro-batches to
-  the whole batch's loss. The defaults are a whole batch (its own count).
+  clips and `obj_count` the whole batch's valid_student_count: L_sem, L_reg,
+  `valid` and `top_share` are means over clips, so they are weighted by the
+  share, and L_obj's numerator is divided by the whole batch's count, as the
+  teacher's logits are centred by the whole batch's `teacher_centre` (N,). The
+  total and the terms are then the micro-batch's contributions, which sum over
+  the micro-batches to the whole batch's loss. The defaults are a whole batch
+  (its own count and centre).
   """
   l, m = config.loss, config.model
   has_semantics = m.stages != "instance"
@@ -236,7 +263,9 @@ def smtc_loss(student, teacher, config: ml_collections.ConfigDict, *,
   sem = semantic_alignment_loss(
       student["semantic_logits"], teacher["semantic_logits"], teacher["features"],
       epsilon=l.sinkhorn_epsilon, num_iters=l.sinkhorn_iters,
-      marginals=l.sinkhorn_marginals, eps=l.eps) if l.sem_weight else zero
+      marginals=l.sinkhorn_marginals, eps=l.eps,
+      centre=l.teacher_centre, batch_centre=teacher_centre,
+      teacher_temperature=l.teacher_temperature) if l.sem_weight else zero
   reg = mask_regularization_loss(student["semantic_masks"], l.eps) if l.reg_weight else zero
   valid, teacher_valid = instance_validity(student, config), instance_validity(teacher, config)
   obj = object_consistency_loss(
@@ -247,5 +276,7 @@ def smtc_loss(student, teacher, config: ml_collections.ConfigDict, *,
       student["features"], temperature=l.cycle_temperature, eps=l.eps) if l.cycle_weight else zero
   sem, reg, cycle = batch_fraction * sem, batch_fraction * reg, batch_fraction * cycle
   total = l.sem_weight * sem + l.reg_weight * reg + l.obj_weight * obj + l.cycle_weight * cycle
+  top_share = (top_semantic_share(student["semantic_masks"]) if has_semantics else zero)
   return total, {"sem": sem, "reg": reg, "obj": obj, "cycle": cycle,
-                 "valid": batch_fraction * jnp.mean(valid)}
+                 "valid": batch_fraction * jnp.mean(valid),
+                 "top_share": batch_fraction * top_share}

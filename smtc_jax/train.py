@@ -170,7 +170,9 @@ def loss_and_grads(state: TrainState, batch, *, config, model, freeze_encoder: b
   split with it; the micro-batch losses are contributions to the whole
   batch's (losses.smtc_loss), and L_obj's count of valid student instances,
   needed before any gradient, comes from a first scan of student forward
-  passes: accumulation's one extra cost. Stochastic depth draws its own key
+  passes: accumulation's one extra cost (with loss.teacher_centre, the teacher's
+  mean logits over the whole batch come from a first scan of teacher forward
+  passes too). Stochastic depth draws its own key
   per micro-batch.
   """
   # batch leaves: (B, T, H, W, 3); after the split, views leaves: (A, B / A, ...).
@@ -198,11 +200,18 @@ def loss_and_grads(state: TrainState, batch, *, config, model, freeze_encoder: b
         lambda v: losses.valid_student_count(
             forward(state.params, v["student"], v["drop_path"]), config), views)
 
+  teacher_centre = None
+  if microbatches > 1 and config.loss.sem_weight and config.loss.teacher_centre:
+    teacher_centre = sum_over_microbatches(
+        lambda v: losses.semantic_centre(
+            forward(state.ema_params, v["teacher"])["semantic_logits"]) / microbatches, views)
+
   def loss_fn(params, view, drop_path_key, teacher):
     if freeze_encoder:
       params = {**params, ENCODER: jax.lax.stop_gradient(params[ENCODER])}
     return losses.smtc_loss(forward(params, view, drop_path_key), teacher, config,
-                            batch_fraction=1.0 / microbatches, obj_count=obj_count)
+                            batch_fraction=1.0 / microbatches, obj_count=obj_count,
+                            teacher_centre=teacher_centre)
 
   def micro_step(view):
     teacher = jax.lax.stop_gradient(forward(state.ema_params, view["teacher"]))
@@ -228,6 +237,7 @@ def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_enc
   metrics = {
       "loss": total, "loss_sem": terms["sem"], "loss_reg": terms["reg"],
       "loss_obj": terms["obj"], "loss_cycle": terms["cycle"], "valid_fraction": terms["valid"],
+      "semantic_top_share": terms["top_share"],
       "grad_norm": optax.global_norm(grads),
       "lr": learning_rate(config)(state.step),
       "lr_encoder": encoder_learning_rate(config)(state.step),
@@ -328,8 +338,8 @@ def progress_line(step, scalars, steps_per_sec, *, num_steps) -> str:
   cycle = f" cycle {scalars['loss_cycle']:.4f}" if scalars.get("loss_cycle") else ""
   return (f"step {step}/{num_steps} | loss {scalars['loss']:.4f} (sem {scalars['loss_sem']:.4f} "
           f"reg {scalars['loss_reg']:.4f} obj {scalars['loss_obj']:.4f}{cycle}) | valid "
-          f"{scalars['valid_fraction']:.2f} | lr {scalars['lr']:.2e} | {steps_per_sec:.2f} steps/s"
-          f" | ETA {eta / 60:.1f} min")
+          f"{scalars['valid_fraction']:.2f} | top semantic {scalars['semantic_top_share']:.2f} | "
+          f"lr {scalars['lr']:.2e} | {steps_per_sec:.2f} steps/s | ETA {eta / 60:.1f} min")
 
 
 def save_config(config, logdir: str) -> None:

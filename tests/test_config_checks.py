@@ -89,6 +89,7 @@ def test_the_allowed_values_are_the_ones_the_configs_use():
     ("data.augment.crop_scale", (0.9, 0.5), "data.augment.crop_scale=(0.9, 0.5) must be (a, b) "
                                             "with 0.0 < a <= b <= 1.0"),
     ("optim.learning_rate", 0.0, "optim.learning_rate=0.0 must be > 0.0"),
+    ("loss.teacher_temperature", 0.0, "loss.teacher_temperature=0.0 must be > 0.0"),
     ("data.synthetic.num_frames", 3, "data.synthetic.num_frames=3 is below data.num_frames=4: "
                                      "no synthetic video could give a clip"),
     ("data.synthetic.lighting", 1.5, "data.synthetic.lighting=1.5 must lie in [0.0, 1.0]"),

@@ -78,6 +78,53 @@ def test_semantic_alignment_is_minimal_for_consistent_masks_and_grows_when_shuff
   assert shuffled > 1.0
 
 
+def test_teacher_centre_removes_a_lead_shared_by_every_token():
+  # A teacher whose semantic 0 leads every token by the same 5 logits: centred,
+  # its targets are those of the teacher without the lead (a shift of one
+  # semantic's logits over the whole batch is exactly what the centre removes).
+  rng = np.random.default_rng(0)
+  b, t, n, l = 2, 3, 4, 16
+  feats = jnp.asarray(rng.normal(size=(b, t, l, 8)), jnp.float32)
+  student = jnp.asarray(rng.normal(size=(b, t, n, l)), jnp.float32)
+  teacher = jnp.asarray(rng.normal(size=(b, t, n, l)), jnp.float32)
+  lead = jnp.zeros((n, 1)).at[0].set(5.0)
+  kw = dict(epsilon=0.05, num_iters=20, marginals="uniform", eps=1e-8)
+  plain = losses.semantic_alignment_loss(student, teacher, feats, **kw)
+  centred = losses.semantic_alignment_loss(student, teacher + lead, feats, centre=True, **kw)
+  uncentred = losses.semantic_alignment_loss(student, teacher + lead, feats, **kw)
+  # The centre is the batch's mean logit per semantic: centring `teacher` by hand
+  # gives the same loss as centring `teacher + lead`.
+  by_hand = teacher - teacher.mean(axis=(0, 1, 3))[:, None]
+  np.testing.assert_allclose(centred, losses.semantic_alignment_loss(student, by_hand, feats, **kw),
+                             rtol=1e-5)
+  assert abs(float(uncentred) - float(plain)) > 0.05  # uncentred, the lead changes the targets
+  # A centre given from outside (a micro-batch's share of the whole batch) is used as is.
+  given = losses.semantic_alignment_loss(student, teacher + lead, feats, centre=True,
+                                         batch_centre=jnp.zeros((n,)), **kw)
+  np.testing.assert_allclose(given, uncentred, rtol=1e-6)
+
+
+def test_teacher_temperature_sharpens_the_targets():
+  rng = np.random.default_rng(1)
+  feats = jnp.asarray(rng.normal(size=(1, 2, 16, 8)), jnp.float32)
+  logits = jnp.asarray(rng.normal(size=(1, 2, 4, 16)), jnp.float32)
+  kw = dict(epsilon=0.05, num_iters=20, marginals="uniform", eps=1e-8)
+  half = losses.semantic_alignment_loss(logits, logits, feats, teacher_temperature=0.5, **kw)
+  doubled = losses.semantic_alignment_loss(logits, 2.0 * logits, feats, **kw)
+  np.testing.assert_allclose(half, doubled, rtol=1e-6)
+
+
+def test_top_semantic_share_is_the_largest_mean_mask_per_clip():
+  n = 4
+  uniform = jnp.full((2, 3, n, 10), 1.0 / n)
+  np.testing.assert_allclose(losses.top_semantic_share(uniform), 1.0 / n, rtol=1e-6)
+  swallowed = jax.nn.one_hot(jnp.zeros((2, 3, 10), jnp.int32), n, axis=2)  # semantic 0 everywhere
+  np.testing.assert_allclose(losses.top_semantic_share(swallowed), 1.0, rtol=1e-6)
+  masks = np.asarray(jax.nn.softmax(np.random.default_rng(2).normal(size=(3, 2, n, 10)), axis=2))
+  expected = np.mean([max(masks[c, :, k].mean() for k in range(n)) for c in range(3)])
+  np.testing.assert_allclose(losses.top_semantic_share(jnp.asarray(masks)), expected, rtol=1e-5)
+
+
 def test_mask_regularization_is_zero_for_orthogonal_and_one_for_identical_masks():
   orthogonal = jax.nn.one_hot(jnp.arange(8) % 4, 4, axis=0)[None, None]  # (1, 1, 4, 8)
   assert abs(float(losses.mask_regularization_loss(orthogonal, eps=0.0))) < 1e-6
