@@ -87,10 +87,13 @@ def get_loss_config() -> ml_collections.ConfigDict:
   l.sinkhorn_iters = 100
   l.sinkhorn_marginals = "uniform"  # uniform (eq. 8) | feature_norm (code)
   # Ours, not SMTC's (off here): DINO's guard against one semantic taking every
-  # token. L_sem's targets come from the teacher's logits less each semantic's
-  # mean logit over the batch (DINO keeps a running mean; here the step's whole
-  # batch), divided by teacher_temperature (below 1 sharpens them).
-  l.teacher_centre = False
+  # token. In the first teacher_centre_steps steps (0: never), on a step where one
+  # semantic's mean teacher mask over the batch exceeds teacher_centre_share,
+  # L_sem's targets come from the teacher's logits less each semantic's mean logit
+  # over the batch (DINO centres always, with a running mean). The targets are
+  # always the softmax of the logits over teacher_temperature (below 1 sharpens).
+  l.teacher_centre_steps = 0
+  l.teacher_centre_share = 0.0
   l.teacher_temperature = 1.0
   # Valid instances (eq. 11). The semantic mask is binarised at probability
   # valid_mask_tau (paper: the same tau = 0.5 as eq. 7; code: 0.3).

@@ -140,6 +140,8 @@ def check_loss(config) -> list[str]:
          *at_least(config, "loss.sinkhorn_iters", 1), *at_least(config, "loss.cycle_weight", 0.0),
          *above(config, "loss.cycle_temperature", 0.0),
          *above(config, "loss.teacher_temperature", 0.0),
+         *at_least(config, "loss.teacher_centre_steps", 0),
+         *within(config, "loss.teacher_centre_share", 0.0, 1.0),
          *within(config, "loss.valid_mask_tau", 0.0, 1.0), *within(config, "loss.tau1", 0.0, 1.0),
          *within(config, "loss.tau2", -1.0, 1.0), *at_least(config, "loss.margin", 0.0),
          *above(config, "loss.eps", 0.0)]

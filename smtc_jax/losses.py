@@ -63,24 +63,32 @@ def _marginals(features, mode: str):
   raise ValueError(f"loss.sinkhorn_marginals must be 'uniform' or 'feature_norm', got {mode!r}")
 
 
-def semantic_centre(teacher_logits):
-  """Each semantic's mean teacher logit over clips, frames and tokens: (N,) of
-  (B, T, N, L) logits."""
-  return jnp.mean(teacher_logits, axis=(0, 1, 3))
+def semantic_statistics(teacher_logits):
+  """Each semantic's mean teacher logit and mean mask over clips, frames and
+  tokens: two (N,) of (B, T, N, L) logits."""
+  masks = jax.nn.softmax(teacher_logits, axis=2)
+  return jnp.mean(teacher_logits, axis=(0, 1, 3)), jnp.mean(masks, axis=(0, 1, 3))
+
+
+def teacher_centre(statistics, step, *, steps: int, share: float):
+  """(centre (N,), centred): the mean logits of `statistics` (semantic_statistics
+  of the step's whole batch) on a step before `steps` where one semantic's mean
+  mask exceeds `share`, and 1.0; zeros and 0.0 on any other step."""
+  mean, masks = statistics
+  on = (step < steps) & (jnp.max(masks) > share)
+  return jnp.where(on, mean, 0.0), on.astype(jnp.float32)
 
 
 def semantic_alignment_loss(student_logits, teacher_logits, teacher_features, *,
                             epsilon: float, num_iters: int, marginals: str, eps: float,
-                            centre: bool = False, batch_centre=None,
-                            teacher_temperature: float = 1.0):
+                            centre=None, teacher_temperature: float = 1.0):
   """L_sem (eq. 8-9), averaged over clips and ordered frame pairs t != j.
 
   student_logits, teacher_logits: (B, T, N, L) stage-1 logits;
   teacher_features: (B, T, L, D). The patch correspondence pi_tj comes from the
   teacher's features with cost 1 - cos (= -C_tj on unit features up to a constant).
-  With `centre` (ours, loss.teacher_centre) the teacher's logits lose each
-  semantic's mean, `batch_centre` (N,) or else semantic_centre of these logits,
-  before the softmax at `teacher_temperature` gives the targets.
+  The targets are the softmax of the teacher's logits less `centre` (N,) if
+  given (ours: teacher_centre), over `teacher_temperature`.
   """
   _, t, _, _ = student_logits.shape
   first, second = frame_pairs(t)
@@ -93,9 +101,8 @@ def semantic_alignment_loss(student_logits, teacher_logits, teacher_features, *,
   solve = lambda c, x, y: sinkhorn_plan(c, x, y, epsilon=epsilon, num_iters=num_iters)
   plan = jax.vmap(jax.vmap(solve))(cost, a, b)  # (B, K, L, L)
   log_student = jnp.log(jax.nn.softmax(student_logits[:, first], axis=2) + eps)  # (B, K, N, L)
-  if centre:
-    teacher_logits = teacher_logits - (semantic_centre(teacher_logits) if batch_centre is None
-                                       else batch_centre)[:, None]
+  if centre is not None:
+    teacher_logits = teacher_logits - centre[:, None]
   teacher = jax.lax.stop_gradient(
       jax.nn.softmax(teacher_logits[:, second] / teacher_temperature, axis=2))
   cross_entropy = -jnp.einsum("bknu,bknv->bkuv", log_student, teacher)
@@ -239,20 +246,23 @@ def valid_student_count(student, config: ml_collections.ConfigDict):
 
 
 def smtc_loss(student, teacher, config: ml_collections.ConfigDict, *,
-              batch_fraction: float = 1.0, obj_count=None, teacher_centre=None):
+              batch_fraction: float = 1.0, obj_count=None, step=None,
+              teacher_statistics=None):
   """Total loss of eq. 13 and its terms: (total, {'sem', 'reg', 'obj', 'cycle',
-  'valid', 'top_share'}).
+  'valid', 'top_share', 'centred'}).
 
-  `valid` is the fraction of valid student instances and `top_share` the
-  student's top_semantic_share (metrics, not losses).
+  `valid` is the fraction of valid student instances, `top_share` the
+  student's top_semantic_share and `centred` 1.0 if the teacher was centred
+  (metrics, not losses). With loss.teacher_centre_steps, `step` is the train
+  step (None: no centring).
   For a micro-batch of a step's batch, `batch_fraction` is its share of the
   clips and `obj_count` the whole batch's valid_student_count: L_sem, L_reg,
   `valid` and `top_share` are means over clips, so they are weighted by the
   share, and L_obj's numerator is divided by the whole batch's count, as the
-  teacher's logits are centred by the whole batch's `teacher_centre` (N,). The
-  total and the terms are then the micro-batch's contributions, which sum over
-  the micro-batches to the whole batch's loss. The defaults are a whole batch
-  (its own count and centre).
+  teacher is centred by the whole batch's `teacher_statistics`. The total and
+  the terms are then the micro-batch's contributions, which sum over the
+  micro-batches to the whole batch's loss. The defaults are a whole batch (its
+  own count and statistics).
   """
   l, m = config.loss, config.model
   has_semantics = m.stages != "instance"
@@ -260,11 +270,16 @@ def smtc_loss(student, teacher, config: ml_collections.ConfigDict, *,
   if not has_semantics and (l.sem_weight or l.reg_weight):
     raise ValueError("model.stages='instance' has no semantic masks: set loss.sem_weight "
                      "and loss.reg_weight to 0")
+  centre, centred = None, zero
+  if l.sem_weight and l.teacher_centre_steps and step is not None:
+    if teacher_statistics is None:
+      teacher_statistics = semantic_statistics(teacher["semantic_logits"])
+    centre, centred = teacher_centre(teacher_statistics, step, steps=l.teacher_centre_steps,
+                                     share=l.teacher_centre_share)
   sem = semantic_alignment_loss(
       student["semantic_logits"], teacher["semantic_logits"], teacher["features"],
       epsilon=l.sinkhorn_epsilon, num_iters=l.sinkhorn_iters,
-      marginals=l.sinkhorn_marginals, eps=l.eps,
-      centre=l.teacher_centre, batch_centre=teacher_centre,
+      marginals=l.sinkhorn_marginals, eps=l.eps, centre=centre,
       teacher_temperature=l.teacher_temperature) if l.sem_weight else zero
   reg = mask_regularization_loss(student["semantic_masks"], l.eps) if l.reg_weight else zero
   valid, teacher_valid = instance_validity(student, config), instance_validity(teacher, config)
@@ -279,4 +294,4 @@ def smtc_loss(student, teacher, config: ml_collections.ConfigDict, *,
   top_share = (top_semantic_share(student["semantic_masks"]) if has_semantics else zero)
   return total, {"sem": sem, "reg": reg, "obj": obj, "cycle": cycle,
                  "valid": batch_fraction * jnp.mean(valid),
-                 "top_share": batch_fraction * top_share}
+                 "top_share": batch_fraction * top_share, "centred": batch_fraction * centred}

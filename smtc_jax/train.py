@@ -170,9 +170,9 @@ def loss_and_grads(state: TrainState, batch, *, config, model, freeze_encoder: b
   split with it; the micro-batch losses are contributions to the whole
   batch's (losses.smtc_loss), and L_obj's count of valid student instances,
   needed before any gradient, comes from a first scan of student forward
-  passes: accumulation's one extra cost (with loss.teacher_centre, the teacher's
-  mean logits over the whole batch come from a first scan of teacher forward
-  passes too). Stochastic depth draws its own key
+  passes: accumulation's one extra cost (with loss.teacher_centre_steps, the teacher's
+  mean logits and masks over the whole batch come from a first scan of teacher
+  forward passes too). Stochastic depth draws its own key
   per micro-batch.
   """
   # batch leaves: (B, T, H, W, 3); after the split, views leaves: (A, B / A, ...).
@@ -200,18 +200,18 @@ def loss_and_grads(state: TrainState, batch, *, config, model, freeze_encoder: b
         lambda v: losses.valid_student_count(
             forward(state.params, v["student"], v["drop_path"]), config), views)
 
-  teacher_centre = None
-  if microbatches > 1 and config.loss.sem_weight and config.loss.teacher_centre:
-    teacher_centre = sum_over_microbatches(
-        lambda v: losses.semantic_centre(
-            forward(state.ema_params, v["teacher"])["semantic_logits"]) / microbatches, views)
+  teacher_statistics = None
+  if microbatches > 1 and config.loss.sem_weight and config.loss.teacher_centre_steps:
+    teacher_statistics = sum_over_microbatches(
+        lambda v: jax.tree.map(lambda x: x / microbatches, losses.semantic_statistics(
+            forward(state.ema_params, v["teacher"])["semantic_logits"])), views)
 
   def loss_fn(params, view, drop_path_key, teacher):
     if freeze_encoder:
       params = {**params, ENCODER: jax.lax.stop_gradient(params[ENCODER])}
     return losses.smtc_loss(forward(params, view, drop_path_key), teacher, config,
                             batch_fraction=1.0 / microbatches, obj_count=obj_count,
-                            teacher_centre=teacher_centre)
+                            step=state.step, teacher_statistics=teacher_statistics)
 
   def micro_step(view):
     teacher = jax.lax.stop_gradient(forward(state.ema_params, view["teacher"]))
@@ -237,7 +237,7 @@ def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_enc
   metrics = {
       "loss": total, "loss_sem": terms["sem"], "loss_reg": terms["reg"],
       "loss_obj": terms["obj"], "loss_cycle": terms["cycle"], "valid_fraction": terms["valid"],
-      "semantic_top_share": terms["top_share"],
+      "semantic_top_share": terms["top_share"], "teacher_centred": terms["centred"],
       "grad_norm": optax.global_norm(grads),
       "lr": learning_rate(config)(state.step),
       "lr_encoder": encoder_learning_rate(config)(state.step),

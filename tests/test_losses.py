@@ -80,8 +80,8 @@ def test_semantic_alignment_is_minimal_for_consistent_masks_and_grows_when_shuff
 
 def test_teacher_centre_removes_a_lead_shared_by_every_token():
   # A teacher whose semantic 0 leads every token by the same 5 logits: centred,
-  # its targets are those of the teacher without the lead (a shift of one
-  # semantic's logits over the whole batch is exactly what the centre removes).
+  # its targets are those of the teacher without the lead, centred (a shift of
+  # one semantic's logits over the whole batch is exactly what the centre removes).
   rng = np.random.default_rng(0)
   b, t, n, l = 2, 3, 4, 16
   feats = jnp.asarray(rng.normal(size=(b, t, l, 8)), jnp.float32)
@@ -89,19 +89,28 @@ def test_teacher_centre_removes_a_lead_shared_by_every_token():
   teacher = jnp.asarray(rng.normal(size=(b, t, n, l)), jnp.float32)
   lead = jnp.zeros((n, 1)).at[0].set(5.0)
   kw = dict(epsilon=0.05, num_iters=20, marginals="uniform", eps=1e-8)
-  plain = losses.semantic_alignment_loss(student, teacher, feats, **kw)
-  centred = losses.semantic_alignment_loss(student, teacher + lead, feats, centre=True, **kw)
-  uncentred = losses.semantic_alignment_loss(student, teacher + lead, feats, **kw)
-  # The centre is the batch's mean logit per semantic: centring `teacher` by hand
-  # gives the same loss as centring `teacher + lead`.
+  sem = lambda logits, **extra: float(losses.semantic_alignment_loss(student, logits, feats,
+                                                                     **kw, **extra))
+  mean = lambda logits: losses.semantic_statistics(logits)[0]
   by_hand = teacher - teacher.mean(axis=(0, 1, 3))[:, None]
-  np.testing.assert_allclose(centred, losses.semantic_alignment_loss(student, by_hand, feats, **kw),
+  np.testing.assert_allclose(sem(teacher + lead, centre=mean(teacher + lead)), sem(by_hand),
                              rtol=1e-5)
-  assert abs(float(uncentred) - float(plain)) > 0.05  # uncentred, the lead changes the targets
-  # A centre given from outside (a micro-batch's share of the whole batch) is used as is.
-  given = losses.semantic_alignment_loss(student, teacher + lead, feats, centre=True,
-                                         batch_centre=jnp.zeros((n,)), **kw)
-  np.testing.assert_allclose(given, uncentred, rtol=1e-6)
+  assert abs(sem(teacher + lead) - sem(teacher)) > 0.05  # uncentred, the lead changes the targets
+
+
+def test_teacher_is_centred_in_the_first_steps_while_one_semantic_holds_over_the_share():
+  logits = jnp.zeros((1, 1, 4, 10)).at[:, :, 0].set(3.0)  # semantic 0 leads every token
+  statistics = losses.semantic_statistics(logits)
+  top = float(statistics[1].max())
+  np.testing.assert_allclose(top, np.exp(3.0) / (np.exp(3.0) + 3), rtol=1e-6)
+  centre = lambda step, share: losses.teacher_centre(statistics, jnp.asarray(step), steps=50,
+                                                     share=share)
+  offset, on = centre(49, top - 0.01)
+  np.testing.assert_allclose(offset, [3.0, 0.0, 0.0, 0.0])
+  assert float(on) == 1.0
+  for step, share in ((50, top - 0.01), (0, top + 0.01)):  # past the steps; below the share
+    offset, on = centre(step, share)
+    assert float(on) == 0.0 and not np.any(np.asarray(offset))
 
 
 def test_teacher_temperature_sharpens_the_targets():
@@ -194,6 +203,27 @@ def test_all_losses_are_finite_with_finite_gradients_at_initialisation(tiny_conf
     assert np.isfinite(float(value)), name
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
   assert np.abs(np.asarray(grads["slot_attention"]["mu"])).max() > 0
+
+
+def test_teacher_is_centred_for_the_first_teacher_centre_steps_only(tiny_config):
+  model = smtc.build_model(tiny_config)
+  clip = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 32, 32, 3))
+  variables = model.init(model_rngs(0), clip)
+  student = model.apply(variables, clip, rngs=model_rngs(1))
+  teacher = model.apply(variables, clip * 0.9, rngs=model_rngs(2))
+  terms = lambda step: jax.jit(lambda s: losses.smtc_loss(
+      student, teacher, tiny_config, step=s)[1])(jnp.asarray(step))
+  plain = losses.smtc_loss(student, teacher, tiny_config)[1]["sem"]
+  tiny_config.loss.teacher_centre_steps = 5  # teacher_centre_share 0: any step before 5
+  kw = dict(epsilon=tiny_config.loss.sinkhorn_epsilon, num_iters=tiny_config.loss.sinkhorn_iters,
+            marginals=tiny_config.loss.sinkhorn_marginals, eps=tiny_config.loss.eps)
+  logits = teacher["semantic_logits"]
+  centred = losses.semantic_alignment_loss(student["semantic_logits"], logits, teacher["features"],
+                                           centre=logits.mean(axis=(0, 1, 3)), **kw)
+  assert abs(float(centred) - float(plain)) > 1e-4  # the centre changes this teacher's targets
+  np.testing.assert_allclose(terms(4)["sem"], centred, rtol=1e-5)
+  np.testing.assert_allclose(terms(5)["sem"], plain, rtol=1e-5)
+  assert float(terms(4)["centred"]) == 1.0 and float(terms(5)["centred"]) == 0.0
 
 
 def test_instance_only_stage_needs_semantic_losses_off(tiny_config):

@@ -157,14 +157,14 @@ def test_four_accumulated_microbatches_give_the_whole_batch_loss_and_gradient(co
   # a mean of per-micro-batch L_obj would differ), L_sem, L_reg and the random
   # walk (on here) weighted 1/4.
   config.loss.cycle_weight = 1.0
-  config.loss.teacher_centre = True  # the teacher's centre over the whole batch, too
+  config.loss.teacher_centre_steps = 1  # the teacher's centre over the whole batch, too
   mesh, state, _ = _setup(config)
   batch = sharding.global_batch(_batch(config, 4), mesh)
   (total, terms), grads = _loss_and_grads(config, state, batch, 1)
   (total4, terms4), grads4 = _loss_and_grads(config, state, batch, 4)
   np.testing.assert_allclose(total4, total, rtol=1e-6)
   assert terms["cycle"] > 0
-  for key in ("sem", "reg", "obj", "cycle", "valid", "top_share"):
+  for key in ("sem", "reg", "obj", "cycle", "valid", "top_share", "centred"):
     np.testing.assert_allclose(terms4[key], terms[key], rtol=1e-6, err_msg=key)
   # Summing in another order rounds differently (seen: 1.3e-7 at most, on a
   # gradient of norm 2.3); atol covers leaves whose gradient is zero but for
@@ -186,7 +186,7 @@ def test_accumulating_step_updates_once_with_the_whole_batch_metrics(config):
     results[microbatch] = _host((state.params, state.ema_params, metrics))
   (params, ema, metrics), (params4, ema4, metrics4) = results[0], results[1]
   for key in ("loss", "loss_sem", "loss_reg", "loss_obj", "valid_fraction",
-              "semantic_top_share", "grad_norm"):
+              "semantic_top_share", "teacher_centred", "grad_norm"):
     np.testing.assert_allclose(metrics4[key], metrics[key], rtol=1e-6, err_msg=key)
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   jax.tree.map(close, params4, params)
