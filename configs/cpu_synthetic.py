@@ -66,7 +66,7 @@ def get_config():
   # over ~1000 steps): with 0.999 no instance became valid within 1000 steps.
   config.train.ema_momentum = 0.99
   # Some initialisations start with one semantic taking most of every frame (seed
-  # 7: 0.56 of the mass, seeds 0-6: 0.17-0.28) and never leave it: the masks stay
+  # 7: 0.56 of the mass, seeds 0-6: 0.18-0.28) and never leave it: the masks stay
   # flat, where L_reg has no gradient, and discovery fails (seed 7: J&F 0.15). The
   # teacher centred over the 50 warm-up steps gives every semantic a share (seed
   # 7: 0.40). Centred throughout, learning slowed (0.33; seed 2: 0.31 against
