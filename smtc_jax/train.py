@@ -170,9 +170,9 @@ def loss_and_grads(state: TrainState, batch, *, config, model, freeze_encoder: b
   split with it; the micro-batch losses are contributions to the whole
   batch's (losses.smtc_loss), and L_obj's count of valid student instances,
   needed before any gradient, comes from a first scan of student forward
-  passes: accumulation's one extra cost (with loss.teacher_centre_steps, the teacher's
-  mean logits and masks over the whole batch come from a first scan of teacher
-  forward passes too). Stochastic depth draws its own key
+  passes: accumulation's one extra cost (in the steps the teacher may be centred,
+  loss.teacher_centre_steps, its mean logits and masks over the whole batch come
+  from a first scan of teacher forward passes too). Stochastic depth draws its own key
   per micro-batch.
   """
   # batch leaves: (B, T, H, W, 3); after the split, views leaves: (A, B / A, ...).
@@ -202,9 +202,17 @@ def loss_and_grads(state: TrainState, batch, *, config, model, freeze_encoder: b
 
   teacher_statistics = None
   if microbatches > 1 and config.loss.sem_weight and config.loss.teacher_centre_steps:
-    teacher_statistics = sum_over_microbatches(
-        lambda v: jax.tree.map(lambda x: x / microbatches, losses.semantic_statistics(
-            forward(state.ema_params, v["teacher"])["semantic_logits"])), views)
+    def whole_batch_statistics():
+      return sum_over_microbatches(
+          lambda v: jax.tree.map(lambda x: x / microbatches, losses.semantic_statistics(
+              forward(state.ema_params, v["teacher"])["semantic_logits"])), views)
+
+    def unused():  # past the centred steps: no teacher scan
+      shapes = jax.eval_shape(whole_batch_statistics)
+      return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+    teacher_statistics = jax.lax.cond(state.step < config.loss.teacher_centre_steps,
+                                      whole_batch_statistics, unused)
 
   def loss_fn(params, view, drop_path_key, teacher):
     if freeze_encoder:
