@@ -70,9 +70,10 @@ def get_config():
   # flat, where L_reg has no gradient, and discovery fails (seed 7: J&F 0.15). The
   # teacher centred over the 50 warm-up steps gives every semantic a share (seed
   # 7: 0.40), at a cost to starts that were not collapsed (seed 0: 0.51 -> 0.40,
-  # seed 2: 0.42 -> 0.40). Centred throughout, learning slowed (0.33; seed 2:
-  # 0.31); centred only while one semantic held over 0.4 of the batch
-  # (teacher_centre_share), seed 7 reached 0.35 (README, "Does the default learn?").
+  # seed 4: 0.45 -> 0.38, seed 2: 0.42 -> 0.40). Centred throughout, learning
+  # slowed (0.33; seed 2: 0.31); centred only while one semantic held over 0.4 of
+  # the batch (teacher_centre_share), seed 7 reached 0.35 (README, "Does the
+  # default learn?").
   config.loss.teacher_centre_steps = 50
   config.train.num_steps = 500
   config.train.log_every = 50
