@@ -63,11 +63,11 @@ def _marginals(features, mode: str):
   raise ValueError(f"loss.sinkhorn_marginals must be 'uniform' or 'feature_norm', got {mode!r}")
 
 
-def semantic_statistics(teacher_logits):
-  """Each semantic's mean teacher logit and mean mask over clips, frames and
-  tokens: two (N,) of (B, T, N, L) logits."""
-  masks = jax.nn.softmax(teacher_logits, axis=2)
-  return jnp.mean(teacher_logits, axis=(0, 1, 3)), jnp.mean(masks, axis=(0, 1, 3))
+def semantic_statistics(teacher):
+  """Each semantic's mean logit and mean mask over clips, frames and tokens:
+  two (N,) of a teacher output's (B, T, N, L) semantic_logits and _masks."""
+  mean = lambda x: jnp.mean(x, axis=(0, 1, 3))
+  return mean(teacher["semantic_logits"]), mean(teacher["semantic_masks"])
 
 
 def teacher_centre(statistics, step, *, steps: int, share: float):
@@ -273,7 +273,7 @@ def smtc_loss(student, teacher, config: ml_collections.ConfigDict, *,
   centre, centred = None, zero
   if l.sem_weight and l.teacher_centre_steps and step is not None:
     if teacher_statistics is None:
-      teacher_statistics = semantic_statistics(teacher["semantic_logits"])
+      teacher_statistics = semantic_statistics(teacher)
     centre, centred = teacher_centre(teacher_statistics, step, steps=l.teacher_centre_steps,
                                      share=l.teacher_centre_share)
   sem = semantic_alignment_loss(

@@ -205,11 +205,10 @@ def loss_and_grads(state: TrainState, batch, *, config, model, freeze_encoder: b
     def whole_batch_statistics():
       return sum_over_microbatches(
           lambda v: jax.tree.map(lambda x: x / microbatches, losses.semantic_statistics(
-              forward(state.ema_params, v["teacher"])["semantic_logits"])), views)
+              forward(state.ema_params, v["teacher"]))), views)
 
     def unused():  # past the centred steps: no teacher scan
-      shapes = jax.eval_shape(whole_batch_statistics)
-      return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+      return (jnp.zeros((config.model.num_semantics,), jnp.float32),) * 2
 
     teacher_statistics = jax.lax.cond(state.step < config.loss.teacher_centre_steps,
                                       whole_batch_statistics, unused)

@@ -91,7 +91,8 @@ def test_teacher_centre_removes_a_lead_shared_by_every_token():
   kw = dict(epsilon=0.05, num_iters=20, marginals="uniform", eps=1e-8)
   sem = lambda logits, **extra: float(losses.semantic_alignment_loss(student, logits, feats,
                                                                      **kw, **extra))
-  mean = lambda logits: losses.semantic_statistics(logits)[0]
+  mean = lambda logits: losses.semantic_statistics(
+      {"semantic_logits": logits, "semantic_masks": jax.nn.softmax(logits, axis=2)})[0]
   by_hand = teacher - teacher.mean(axis=(0, 1, 3))[:, None]
   np.testing.assert_allclose(sem(teacher + lead, centre=mean(teacher + lead)), sem(by_hand),
                              rtol=1e-5)
@@ -100,7 +101,8 @@ def test_teacher_centre_removes_a_lead_shared_by_every_token():
 
 def test_teacher_is_centred_in_the_first_steps_while_one_semantic_holds_over_the_share():
   logits = jnp.zeros((1, 1, 4, 10)).at[:, :, 0].set(3.0)  # semantic 0 leads every token
-  statistics = losses.semantic_statistics(logits)
+  statistics = losses.semantic_statistics(
+      {"semantic_logits": logits, "semantic_masks": jax.nn.softmax(logits, axis=2)})
   top = float(statistics[1].max())
   np.testing.assert_allclose(top, np.exp(3.0) / (np.exp(3.0) + 3), rtol=1e-6)
   centre = lambda step, share: losses.teacher_centre(statistics, jnp.asarray(step), steps=50,
