@@ -87,13 +87,16 @@ def get_loss_config() -> ml_collections.ConfigDict:
   l.sinkhorn_iters = 100
   l.sinkhorn_marginals = "uniform"  # uniform (eq. 8) | feature_norm (code)
   # Ours, not SMTC's (off here): DINO's guard against one semantic taking every
-  # token. In the first teacher_centre_steps steps (0: never), on a step where one
-  # semantic's mean teacher mask over the batch exceeds teacher_centre_share,
-  # L_sem's targets come from the teacher's logits less each semantic's mean logit
-  # over the batch (DINO centres always, with a running mean). The targets are
-  # always the softmax of the logits over teacher_temperature (below 1 sharpens).
+  # token. In the first teacher_centre_steps steps (0: never), L_sem's targets
+  # come from the teacher's logits less each semantic's mean logit over the batch
+  # (DINO centres always, with a running mean) once the gate has opened: on the
+  # first step where one semantic's mean teacher mask over the batch exceeds
+  # teacher_centre_share, and from then on through those steps ('latch'), or on
+  # each such step alone ('step'). The targets are always the softmax of the
+  # logits over teacher_temperature (below 1 sharpens).
   l.teacher_centre_steps = 0
   l.teacher_centre_share = 0.0
+  l.teacher_centre_gate = "latch"
   l.teacher_temperature = 1.0
   # Valid instances (eq. 11). The semantic mask is binarised at probability
   # valid_mask_tau (paper: the same tau = 0.5 as eq. 7; code: 0.3).

@@ -35,6 +35,7 @@ DTYPES = ("float32", "bfloat16")
 RESNET_STAGES = ("res2", "res3", "res4", "res5")
 SINKHORN_MARGINALS = ("uniform", "feature_norm")
 INSTANCE_FORMS = ("l2_margin", "cosine")
+TEACHER_CENTRE_GATES = ("latch", "step")
 DATA_SOURCES = ("frames", "tfds", "synthetic")
 LAYOUTS = ("davis", "youtube_vos")
 EMA_SCOPES = ("all", "non_encoder")
@@ -142,6 +143,7 @@ def check_loss(config) -> list[str]:
          *above(config, "loss.teacher_temperature", 0.0),
          *at_least(config, "loss.teacher_centre_steps", 0),
          *within(config, "loss.teacher_centre_share", 0.0, 1.0),
+         *one_of(config, "loss.teacher_centre_gate", TEACHER_CENTRE_GATES),
          *within(config, "loss.valid_mask_tau", 0.0, 1.0), *within(config, "loss.tau1", 0.0, 1.0),
          *within(config, "loss.tau2", -1.0, 1.0), *at_least(config, "loss.margin", 0.0),
          *above(config, "loss.eps", 0.0)]

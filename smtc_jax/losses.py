@@ -70,12 +70,21 @@ def semantic_statistics(teacher):
   return mean(teacher["semantic_logits"]), mean(teacher["semantic_masks"])
 
 
-def teacher_centre(statistics, step, *, steps: int, share: float):
+def teacher_centre(statistics, step, *, steps: int, share: float, gate: str = "latch",
+                   fired=False):
   """(centre (N,), centred): the mean logits of `statistics` (semantic_statistics
-  of the step's whole batch) on a step before `steps` where one semantic's mean
-  mask exceeds `share`, and 1.0; zeros and 0.0 on any other step."""
+  of the step's whole batch) and 1.0 on a step before `steps` where the gate is
+  open; zeros and 0.0 on any other step. The gate opens on a step where one
+  semantic's mean mask exceeds `share`; with gate 'latch' it stays open through
+  the warm-up once it has (`fired`: it opened on an earlier step), with 'step'
+  each step decides alone."""
   mean, masks = statistics
-  on = (step < steps) & (jnp.max(masks) > share)
+  collapsed = jnp.max(masks) > share
+  if gate == "latch":
+    collapsed = collapsed | fired
+  elif gate != "step":
+    raise ValueError(f"loss.teacher_centre_gate must be 'latch' or 'step', got {gate!r}")
+  on = (step < steps) & collapsed
   return jnp.where(on, mean, 0.0), on.astype(jnp.float32)
 
 
@@ -247,14 +256,15 @@ def valid_student_count(student, config: ml_collections.ConfigDict):
 
 def smtc_loss(student, teacher, config: ml_collections.ConfigDict, *,
               batch_fraction: float = 1.0, obj_count=None, step=None,
-              teacher_statistics=None):
+              teacher_statistics=None, centre_fired=False):
   """Total loss of eq. 13 and its terms: (total, {'sem', 'reg', 'obj', 'cycle',
   'valid', 'top_share', 'centred'}).
 
   `valid` is the fraction of valid student instances, `top_share` the
   student's top_semantic_share and `centred` 1.0 if the teacher was centred
   (metrics, not losses). With loss.teacher_centre_steps, `step` is the train
-  step (None: no centring).
+  step (None: no centring) and `centre_fired` whether the latched gate opened on
+  an earlier step (teacher_centre).
   For a micro-batch of a step's batch, `batch_fraction` is its share of the
   clips and `obj_count` the whole batch's valid_student_count: L_sem, L_reg,
   `valid` and `top_share` are means over clips, so they are weighted by the
@@ -275,7 +285,8 @@ def smtc_loss(student, teacher, config: ml_collections.ConfigDict, *,
     if teacher_statistics is None:
       teacher_statistics = semantic_statistics(teacher)
     centre, centred = teacher_centre(teacher_statistics, step, steps=l.teacher_centre_steps,
-                                     share=l.teacher_centre_share)
+                                     share=l.teacher_centre_share, gate=l.teacher_centre_gate,
+                                     fired=centre_fired)
   sem = semantic_alignment_loss(
       student["semantic_logits"], teacher["semantic_logits"], teacher["features"],
       epsilon=l.sinkhorn_epsilon, num_iters=l.sinkhorn_iters,

@@ -163,7 +163,8 @@ def init_state(config, model, optimizer, rng) -> train.TrainState:
   image = jnp.zeros((1, *config.pretrain.resolution, 3), jnp.float32)
   params = model.init(params_rng, image)["params"]
   return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                          batch_stats={}, opt_state=optimizer.init(params), rng=state_rng)
+                          batch_stats={}, opt_state=optimizer.init(params), rng=state_rng,
+                          teacher_centre_fired=jnp.zeros((), jnp.bool_))
 
 
 def pretrain_step(state: train.TrainState, batch, *, config, model, optimizer):

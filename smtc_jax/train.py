@@ -35,6 +35,9 @@ class TrainState:
   batch_stats: Any  # frozen BatchNorm statistics (ResNet encoder; {} for the ViT)
   opt_state: Any
   rng: jax.Array
+  # The latched gate of the teacher's centring opened on an earlier step
+  # (loss.teacher_centre_gate): kept so a resumed run decides the same.
+  teacher_centre_fired: jax.Array
 
 
 def learning_rate(config: ml_collections.ConfigDict):
@@ -114,7 +117,8 @@ def init_state(config, model, rng, optimizer) -> TrainState:
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                     batch_stats=variables.get("batch_stats", {}),
-                    opt_state=optimizer.init(params), rng=state_rng)
+                    opt_state=optimizer.init(params), rng=state_rng,
+                    teacher_centre_fired=jnp.zeros((), jnp.bool_))
 
 
 def microbatches_per_step(config, mesh) -> int:
@@ -218,7 +222,8 @@ def loss_and_grads(state: TrainState, batch, *, config, model, freeze_encoder: b
       params = {**params, ENCODER: jax.lax.stop_gradient(params[ENCODER])}
     return losses.smtc_loss(forward(params, view, drop_path_key), teacher, config,
                             batch_fraction=1.0 / microbatches, obj_count=obj_count,
-                            step=state.step, teacher_statistics=teacher_statistics)
+                            step=state.step, teacher_statistics=teacher_statistics,
+                            centre_fired=state.teacher_centre_fired)
 
   def micro_step(view):
     teacher = jax.lax.stop_gradient(forward(state.ema_params, view["teacher"]))
@@ -250,7 +255,8 @@ def train_step(state: TrainState, batch, *, config, model, optimizer, freeze_enc
       "lr_encoder": encoder_learning_rate(config)(state.step),
   }
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
-                            opt_state=opt_state)
+                            opt_state=opt_state,
+                            teacher_centre_fired=state.teacher_centre_fired | (terms["centred"] > 0))
   return new_state, metrics
 
 

@@ -115,6 +115,21 @@ def test_teacher_is_centred_in_the_first_steps_while_one_semantic_holds_over_the
     assert float(on) == 0.0 and not np.any(np.asarray(offset))
 
 
+def test_latched_gate_stays_open_through_the_warm_up_once_it_has_fired():
+  logits = jnp.zeros((1, 1, 4, 10)).at[:, :, 0].set(1.0)
+  statistics = losses.semantic_statistics(
+      {"semantic_logits": logits, "semantic_masks": jax.nn.softmax(logits, axis=2)})
+  below = float(statistics[1].max()) + 0.01  # no semantic holds this share
+  gate = lambda gate, step, fired: float(losses.teacher_centre(
+      statistics, jnp.asarray(step), steps=50, share=below, gate=gate, fired=jnp.asarray(fired))[1])
+  assert gate("latch", 10, True) == 1.0  # fired earlier: open below the share
+  assert gate("latch", 10, False) == 0.0
+  assert gate("latch", 50, True) == 0.0  # the warm-up is over
+  assert gate("step", 10, True) == 0.0  # each step alone
+  with pytest.raises(ValueError, match="teacher_centre_gate"):
+    gate("sticky", 10, True)
+
+
 def test_teacher_temperature_sharpens_the_targets():
   rng = np.random.default_rng(1)
   feats = jnp.asarray(rng.normal(size=(1, 2, 16, 8)), jnp.float32)
