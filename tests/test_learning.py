@@ -59,25 +59,28 @@ def test_a_short_default_run_finds_the_objects_better_than_the_whole_frame(tmp_p
   assert trained["eval/jf_discovery"] >= trivial["jf_discovery"] + JF_MARGIN, (trained, trivial)
 
 
-def _top_shares(state, step_fn, batches):
-  """The top semantic share logged by each of the steps run on `batches`."""
-  shares = []
+def _watch(state, step_fn, batches):
+  """(top semantic share, teacher centred): the metrics of the steps run on `batches`."""
+  shares, centred = [], []
   for batch in batches:
     state, metrics = step_fn(state, batch)
     shares.append(float(metrics["semantic_top_share"]))
-  return shares
+    centred.append(float(metrics["teacher_centred"]))
+  return shares, centred
 
 
 @pytest.mark.slow
 def test_a_collapsed_start_leaves_its_collapse_only_with_the_teacher_centred(tmp_path):
   # Some initialisations start with one semantic taking most of every frame
   # (seed 7 of the default: 0.56 of the mass where seeds 0-6 start at 0.18-0.28)
-  # and, uncentred, stay there (README, "Does the default learn?"). The most
-  # collapsed of twelve seeds, trained with the default's centred warm-up and
-  # without it, to ten steps past the warm-up's end: the collapse does not come back.
+  # and, uncentred, stay there (README, "Collapsed starts, and the centred
+  # warm-up"). The most collapsed of twelve seeds, trained with the default's
+  # gated warm-up and without it, to ten steps past the warm-up's end: its gate
+  # opens at once and stays open, and the collapse does not come back. The least
+  # collapsed never opens the gate: it trains as without the guard.
   config = short_default_config()
   warmup = config.loss.teacher_centre_steps
-  assert warmup > 0
+  assert warmup > 0 and config.loss.teacher_centre_gate == "latch"
   mesh = sharding.make_mesh()
   source = pipeline.make_source(config, str(tmp_path))
   data = pipeline.make_iterator(pipeline.build_dataset(
@@ -95,11 +98,16 @@ def test_a_collapsed_start_leaves_its_collapse_only_with_the_teacher_centred(tmp
   state, state_sharding = start(0)
   steps = {c.loss.teacher_centre_steps: train.compile_train_steps(
       c, model, optimizer, mesh, state_sharding)[False] for c in (config, uncentred)}
-  first_share = {s: _top_shares(start(s)[0], steps[warmup], batches[:1])[0] for s in range(12)}
+  first_share = {s: _watch(start(s)[0], steps[warmup], batches[:1])[0][0] for s in range(12)}
   seed = max(first_share, key=first_share.get)
   assert first_share[seed] > 0.45, first_share  # a collapsed start among the twelve
-  centred = _top_shares(start(seed)[0], steps[warmup], batches)
-  kept = _top_shares(start(seed)[0], steps[0], batches)
+  guarded, centred = _watch(start(seed)[0], steps[warmup], batches)
+  kept, _ = _watch(start(seed)[0], steps[0], batches)
+  assert centred == [1.0] * warmup + [0.0] * 10, centred
   # Seeds that start uncollapsed train at 0.18-0.28; 1 / N = 0.125.
-  assert np.mean(centred[-10:]) < 0.33, centred
+  assert np.mean(guarded[-10:]) < 0.33, guarded
   assert np.mean(kept[-10:]) > 0.45, kept
+  healthy = min(first_share, key=first_share.get)
+  assert first_share[healthy] < 0.3, first_share
+  _, centred = _watch(start(healthy)[0], steps[warmup], batches[:warmup])
+  assert not any(centred), centred
