@@ -347,11 +347,15 @@ class MetricWriter:
 
 
 def progress_line(step, scalars, steps_per_sec, *, num_steps) -> str:
+  """One console line of the last step's metrics; 'teacher centred' while the
+  warm-up's guard against a collapsed start is on (loss.teacher_centre_steps)."""
   eta = (num_steps - step) / max(steps_per_sec, 1e-9)
   cycle = f" cycle {scalars['loss_cycle']:.4f}" if scalars.get("loss_cycle") else ""
+  centred = " (teacher centred)" if scalars.get("teacher_centred") else ""
   return (f"step {step}/{num_steps} | loss {scalars['loss']:.4f} (sem {scalars['loss_sem']:.4f} "
           f"reg {scalars['loss_reg']:.4f} obj {scalars['loss_obj']:.4f}{cycle}) | valid "
-          f"{scalars['valid_fraction']:.2f} | top semantic {scalars['semantic_top_share']:.2f} | "
+          f"{scalars['valid_fraction']:.2f} | top semantic {scalars['semantic_top_share']:.2f}"
+          f"{centred} | "
           f"lr {scalars['lr']:.2e} | {steps_per_sec:.2f} steps/s | ETA {eta / 60:.1f} min")
 
 

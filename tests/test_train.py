@@ -443,3 +443,12 @@ def test_resnet_encoder_trains_with_frozen_batchnorm_statistics(config):
   assert np.isfinite(float(metrics["loss"]))
   jax.tree.map(np.testing.assert_array_equal, _host(state.batch_stats), stats)
   assert np.abs(np.asarray(state.params["encoder"]["backbone"]["conv1"]["kernel"])).sum() > 0
+
+
+def test_progress_line_says_when_the_teacher_was_centred():
+  scalars = {"loss": 3.0, "loss_sem": 2.0, "loss_reg": 1.0, "loss_obj": 0.0, "loss_cycle": 0.0,
+             "valid_fraction": 0.0, "semantic_top_share": 0.14, "lr": 1e-3}
+  line = lambda centred: train.progress_line(50, {**scalars, "teacher_centred": centred}, 1.0,
+                                             num_steps=500)
+  assert "| top semantic 0.14 (teacher centred) | lr" in line(1.0)
+  assert "| top semantic 0.14 | lr" in line(0.0)
