@@ -73,7 +73,7 @@ def get_config():
   # in the train state); starts that are not collapsed never open it and train
   # as without it. Centring every run's warm-up cost healthy starts up to 0.11
   # J&F; centring only the steps over 0.4 stopped too early (seed 7: 0.35; README,
-  # "Collapsed starts, and the centred warm-up").
+  # "Collapsed starts, and the gated warm-up").
   config.loss.teacher_centre_steps = 50
   config.loss.teacher_centre_share = 0.4
   config.train.num_steps = 500

@@ -73,7 +73,7 @@ def _watch(state, step_fn, batches):
 def test_a_collapsed_start_leaves_its_collapse_only_with_the_teacher_centred(tmp_path):
   # Some initialisations start with one semantic taking most of every frame
   # (seed 7 of the default: 0.56 of the mass where seeds 0-6 start at 0.18-0.28)
-  # and, uncentred, stay there (README, "Collapsed starts, and the centred
+  # and, uncentred, stay there (README, "Collapsed starts, and the gated
   # warm-up"). The most collapsed of twelve seeds, trained with the default's
   # gated warm-up and without it, to ten steps past the warm-up's end: its gate
   # opens at once and stays open, and the collapse does not come back. The least
