@@ -127,7 +127,7 @@ def _later_fields_missing(manager: ocp.CheckpointManager, step: int, state) -> l
   if not later:
     return []
   path = ocp.step.standard_name_format().find_step(manager.directory, step).path / "state"
-  saved = ocp.StandardCheckpointer().metadata(path).item_metadata
+  saved = ocp.StandardCheckpointHandler().metadata(path)  # the saved tree, read from its files
   return [name for name in later if name not in saved]
 
 
