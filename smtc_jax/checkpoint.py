@@ -127,8 +127,11 @@ def _later_fields_missing(manager: ocp.CheckpointManager, step: int, state) -> l
   if not later:
     return []
   path = ocp.step.standard_name_format().find_step(manager.directory, step).path / "state"
-  saved = ocp.StandardCheckpointHandler().metadata(path)  # the saved tree, read from its files
-  return [name for name in later if name not in saved]
+  try:
+    saved = ocp.StandardCheckpointHandler().metadata(path)  # the saved tree, from its files
+  except Exception:  # pylint: disable=broad-except  # damaged: the restore itself says how
+    return []
+  return [name for name in later if saved is not None and name not in saved]
 
 
 def _check_json(path) -> None:
