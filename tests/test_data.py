@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import tiny
 from smtc_jax.data import palette, pipeline, sources, synthetic
@@ -38,6 +39,24 @@ def test_synthetic_set_has_the_davis_layout_and_is_deterministic(synthetic_root,
       np.testing.assert_array_equal(
           palette.read_palette_png(os.path.join(again, synthetic.ANNOTATION_DIR, name, f)),
           palette.read_palette_png(os.path.join(synthetic_root, synthetic.ANNOTATION_DIR, name, f)))
+
+
+def test_annotations_carry_the_pascal_voc_palette(tmp_path):
+  # The VOC colours DAVIS uses, as published: background black, then maroon,
+  # green, olive, navy, purple, teal, grey; 255 (void) is (224, 224, 192).
+  voc = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 4: (0, 0, 128),
+         5: (128, 0, 128), 6: (0, 128, 128), 7: (128, 128, 128), 255: (224, 224, 192)}
+  colours = palette.davis_palette()
+  for index, rgb in voc.items():
+    assert tuple(colours[index]) == rgb, index
+  colours[1] = (1, 2, 3)  # a caller's copy: the next caller still gets the palette
+  assert tuple(palette.davis_palette()[1]) == (128, 0, 0)
+  path = str(tmp_path / "a" / "00000.png")
+  palette.write_palette_png(path, np.array([[0, 1], [2, 255]]))
+  with Image.open(path) as image:
+    written = np.array(image.getpalette()[:768], np.uint8).reshape(256, 3)
+  np.testing.assert_array_equal(written, palette.davis_palette())
+  np.testing.assert_array_equal(palette.read_palette_png(path), [[0, 1], [2, 255]])
 
 
 def test_synthetic_videos_have_repeated_categories_and_occlusion():

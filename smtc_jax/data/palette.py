@@ -1,5 +1,6 @@
 """The DAVIS / PASCAL VOC colour palette and palette-PNG reading and writing."""
 
+import functools
 import os
 
 import numpy as np
@@ -8,6 +9,13 @@ from PIL import Image
 
 def davis_palette() -> np.ndarray:
   """(256, 3) uint8 palette of the DAVIS annotations (the PASCAL VOC bit-spread map)."""
+  return np.array(_palette_rows(), np.uint8)
+
+
+@functools.cache
+def _palette_rows() -> tuple:
+  """The palette as 256 (r, g, b) rows, built once: every annotation written
+  needs it (rebuilding it per frame was a sixth of writing the synthetic set)."""
   palette = np.zeros((256, 3), np.uint8)
   for index in range(256):
     label, r, g, b = index, 0, 0, 0
@@ -17,7 +25,7 @@ def davis_palette() -> np.ndarray:
       b |= ((label >> 2) & 1) << shift
       label >>= 3
     palette[index] = (r, g, b)
-  return palette
+  return tuple(map(tuple, palette.tolist()))
 
 
 def write_palette_png(path: str, labels: np.ndarray) -> None:
@@ -25,7 +33,7 @@ def write_palette_png(path: str, labels: np.ndarray) -> None:
   if labels.max(initial=0) > 255 or labels.min(initial=0) < 0:
     raise ValueError(f"{path}: labels must lie in 0..255, got {labels.min()}..{labels.max()}")
   image = Image.fromarray(labels.astype(np.uint8), mode="P")
-  image.putpalette(davis_palette().reshape(-1).tolist())
+  image.putpalette([c for row in _palette_rows() for c in row])
   os.makedirs(os.path.dirname(path), exist_ok=True)
   image.save(path)
 
