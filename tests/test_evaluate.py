@@ -434,9 +434,12 @@ def test_discovery_scores_of_loaded_videos_for_a_training_loop():
   # Proposals numbered in another order than the objects: matched, so perfect.
   swapped = _ProposalOracle(lambda frames: np.where(truth[id(frames)] > 0,
                                                     10 - truth[id(frames)], 0).astype(np.uint8))
-  assert evaluate.discovery_scores(swapped, None, videos) == {"iou": 1.0, "jf_discovery": 1.0}
+  figures, first = evaluate.discovery_scores(swapped, None, videos)
+  assert figures == {"iou": 1.0, "jf_discovery": 1.0}
+  # The first video's predictions come back, for the monitor's overlay strip.
+  np.testing.assert_array_equal(first["discovery"], swapped.propose(videos[0].frames))
   whole = _ProposalOracle(lambda frames: np.ones(frames.shape[:3], np.uint8))
-  scores = evaluate.discovery_scores(whole, None, videos, tasks=("iou",))
+  scores, _ = evaluate.discovery_scores(whole, None, videos, tasks=("iou",))
   expected = np.mean([np.mean([(v.unsupervised_labels[t] > 0).mean() for t in range(6)])
                       for v in videos])
   assert scores == {"iou": pytest.approx(expected)}

@@ -110,7 +110,7 @@ def evaluate_trivial(video, tasks, e):
   return values
 
 
-def discovery_scores(predictor: Predictor, variables, videos, tasks=scores.DISCOVERY_TASKS) -> dict:
+def discovery_scores(predictor: Predictor, variables, videos, tasks=scores.DISCOVERY_TASKS):
   """Object discovery of one model on already-loaded videos, reduced as
   `--mode=eval` reduces it; cheap enough for a quick evaluation inside training.
 
@@ -118,14 +118,18 @@ def discovery_scores(predictor: Predictor, variables, videos, tasks=scores.DISCO
   jitted); variables: the model's variables, e.g. smtc.model_variables(
   state.ema_params, state.batch_stats); videos: readers.Video (multi-object J&F
   needs their unsupervised_labels); tasks: of ('iou', 'jf_discovery').
-  Returns {'iou': single-object IoU, 'jf_discovery': multi-object J&F (DAVIS-2017
-  unsupervised protocol, eval.unsupervised_matching)} for the tasks asked.
+  Returns ({'iou': single-object IoU, 'jf_discovery': multi-object J&F (DAVIS-2017
+  unsupervised protocol, eval.unsupervised_matching)} for the tasks asked, the
+  first video's predictions as evaluate_method returns them), so a caller that
+  also draws that video does not run the model on it twice.
   """
   table = scores.Scores(predictor.config.eval.pck_thresholds)
+  first = None
   for video in videos:
-    values, _ = evaluate_method(predictor, variables, video, tasks)
+    values, predictions = evaluate_method(predictor, variables, video, tasks)
     table.add(video.name, values)
-  return table.summary()
+    first = predictions if first is None else first
+  return table.summary(), first
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -36,8 +36,6 @@ class TrainingMonitor:
     first video)."""
     variables = smtc.model_variables(local_copy(getattr(state, self.params)),
                                      local_copy(state.batch_stats))
-    figures = evaluate.discovery_scores(self.predictor, variables, self.videos)
-    video = self.videos[0]
-    proposals, semantic = self.predictor.proposals(variables, video.frames)
-    strip = writers.overlay_strip(video.frames, semantic, proposals)
+    figures, first = evaluate.discovery_scores(self.predictor, variables, self.videos)
+    strip = writers.overlay_strip(self.videos[0].frames, first["semantic"], first["discovery"])
     return {f"eval/{k}": v for k, v in figures.items()}, strip
