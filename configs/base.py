@@ -212,9 +212,11 @@ def get_train_config() -> ml_collections.ConfigDict:
   t.async_checkpoints = True
   # Quick discovery evaluation during training (TensorBoard scalars and an
   # overlay image, smtc_jax/evaluation/monitor.py): every eval_every steps
-  # (0 = never) on the first eval_videos videos of the eval benchmark.
+  # (0 = never) on the first eval_videos videos of the eval benchmark, with the
+  # model run at eval_resolution (() = eval.discovery_resolution, as --mode=eval).
   t.eval_every = 0
   t.eval_videos = 4
+  t.eval_resolution = ()
   t.logdir = ""  # local folder for logs; "" = the workdir (needed when that is gs://)
   return t
 

@@ -84,6 +84,19 @@ def _stride_multiples(size, stride: int) -> bool:
   return len(size) == 2 and all(r >= stride and r % stride == 0 for r in size)
 
 
+def _discovery_size(config, field: str, default: str) -> list[str]:
+  """A size the model runs discovery at: () (`default`) or (H, W), multiples
+  of the encoder stride (checked once the model's own fields are sound)."""
+  size = tuple(_get(config, field))
+  if not size or check_model(config):
+    return []
+  stride = smtc.encoder_stride(config)
+  if _stride_multiples(size, stride):
+    return []
+  return [f"{field}={size!r} must be () ({default}) or two multiples of the encoder "
+          f"stride {stride}"]
+
+
 def _all_within(config, field: str, low, high) -> list[str]:
   values = tuple(_get(config, field))
   if all(low <= v <= high for v in values):
@@ -214,7 +227,8 @@ def check_train(config) -> list[str]:
           *one_of(config, "train.ema_scope", EMA_SCOPES), *at_least(config, "train.log_every", 1),
           *at_least(config, "train.checkpoint_every", 1),
           *at_least(config, "train.keep_checkpoints", 1), *at_least(config, "train.microbatch", 0),
-          *at_least(config, "train.eval_every", 0), *at_least(config, "train.eval_videos", 1)]
+          *at_least(config, "train.eval_every", 0), *at_least(config, "train.eval_videos", 1),
+          *_discovery_size(config, "train.eval_resolution", "eval.discovery_resolution")]
 
 
 def check_pretrain(config) -> list[str]:
@@ -278,11 +292,7 @@ def check_eval(config, mode: str) -> list[str]:
          *at_least(config, "eval.prop_short_side", 0), *above(config, "eval.pose_sigma", 0.0),
          *at_least(config, "eval.pose_topk", 1), *at_least(config, "eval.overlays", 0),
          *_all_within(config, "eval.pck_thresholds", 0.0, float("inf"))]
-  if e.discovery_resolution and not check_model(config):
-    stride = smtc.encoder_stride(config)
-    if not _stride_multiples(e.discovery_resolution, stride):
-      out.append(f"eval.discovery_resolution={tuple(e.discovery_resolution)!r} must be () (the "
-                 f"training size) or two multiples of the encoder stride {stride}")
+  out += _discovery_size(config, "eval.discovery_resolution", "the training size")
   if e.benchmark == "jhmdb":
     out += one_of(config, "eval.split", JHMDB_SPLITS)
   if mode == "eval" and e.benchmark in evaluate.TASKS and e.benchmark != "synthetic":

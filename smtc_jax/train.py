@@ -483,7 +483,7 @@ def train_loop(config, stage: Stage, state, data_iter, mesh, manager, writer, wa
       figures, strip = discovery_monitor(state)
       writer.write(done, figures)
       writer.image(done, "eval/overlay", strip)
-      console.say(f"eval at step {done} ({len(discovery_monitor.videos)} videos) | " +
+      console.say(f"eval at step {done} ({discovery_monitor.describe()}) | " +
                   " | ".join(f"{k[len('eval/'):]} {v:.3f}" for k, v in figures.items()))
     if save_now:
       checkpoint.save(manager, done, state, data_iter)

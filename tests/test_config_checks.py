@@ -82,6 +82,9 @@ def test_the_allowed_values_are_the_ones_the_configs_use():
     ("eval.discovery_resolution", (128, 100), "eval.discovery_resolution=(128, 100) must be () "
                                               "(the training size) or two multiples of the "
                                               "encoder stride 8"),
+    ("train.eval_resolution", (64,), "train.eval_resolution=(64,) must be () "
+                                      "(eval.discovery_resolution) or two multiples of the "
+                                      "encoder stride 8"),
     ("eval.track_merge_share", 1.5, "eval.track_merge_share=1.5 must lie in [0.0, 1.0]"),
     ("eval.track_gap_radius", -0.1, "eval.track_gap_radius=-0.1 must lie in [0.0, 0.5]"),
     ("train.checkpoint_every", 0, "train.checkpoint_every=0 must be >= 1"),

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 
 from configs import tiny
 from smtc_jax import checkpoint, sharding, train
-from smtc_jax.evaluation import davis, discovery, evaluate, predictor, readers
+from smtc_jax.evaluation import davis, discovery, evaluate, monitor, predictor, readers
 from smtc_jax.evaluation import scores as scores_lib
 from smtc_jax.models import smtc
 from tests import benchmark_layouts as layouts
@@ -208,6 +208,7 @@ def test_eval_mode_reports_the_model_and_both_baselines(tmp_path, capsys):
   config.train.num_steps = 2
   config.train.async_checkpoints = False
   config.train.eval_every, config.train.eval_videos = 1, 1  # the in-training monitor
+  config.train.eval_resolution = (48, 48)  # the monitor's own size; --mode=eval's stays
   config.eval.max_videos = 2
   train.train_and_evaluate(config, str(tmp_path))
   # Every step wrote the quick discovery figures, and TensorBoard got the overlay.
@@ -218,7 +219,7 @@ def test_eval_mode_reports_the_model_and_both_baselines(tmp_path, capsys):
   assert all(0.0 <= row["eval/jf_discovery"] <= 1.0 for row in watched)
   events = glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
   assert events and any(b"eval/overlay" in open(e, "rb").read() for e in events)
-  assert "eval at step 2 (1 videos) | iou" in capsys.readouterr().out
+  assert "eval at step 2 (1 video at 48 x 48) | iou" in capsys.readouterr().out
   summary = evaluate.evaluate(config, str(tmp_path))
   assert set(summary) == {"trained", "untrained", "trivial"}
   for row in summary.values():
@@ -424,6 +425,18 @@ class _ProposalOracle:
   def proposals(self, variables, frames):
     del variables
     return self.propose(frames), np.zeros(frames.shape[:3], np.uint8)
+
+
+def test_the_monitor_runs_discovery_at_its_own_size_and_leaves_the_config_alone():
+  config = tiny.get_config()
+  config.eval.discovery_resolution = (64, 64)
+  assert monitor.monitor_config(config) is config  # () = --mode=eval's size
+  config.train.eval_resolution = (48, 40)
+  watched = monitor.monitor_config(config)
+  assert tuple(watched.eval.discovery_resolution) == (48, 40)
+  assert tuple(config.eval.discovery_resolution) == (64, 64)
+  watch = predictor.Predictor(watched)
+  assert watch.size == (48, 40) and watch.grid == (6, 5)
 
 
 def test_discovery_scores_of_loaded_videos_for_a_training_loop():

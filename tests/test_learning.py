@@ -35,9 +35,9 @@ def short_default_config():
   config.train.async_checkpoints = False
   config.train.eval_every = 300
   config.train.eval_videos = 4
-  # Discovery at 256², not the default's 384²: the margins were set there, and it
-  # keeps the suite's longest test shorter.
-  config.eval.discovery_resolution = (256, 256)
+  # The monitor runs at the default's train.eval_resolution, 256², where the
+  # margins were set.
+  assert tuple(config.train.eval_resolution) == (256, 256)
   return config
 
 

@@ -4,7 +4,9 @@ Every train.eval_every steps, process 0 runs discovery on the first
 train.eval_videos videos of the evaluation benchmark (`--mode=eval`'s data) with
 the evaluated weights (eval.params) and reports single-object IoU and
 multi-object J&F, plus one overlay strip (frames, semantic masks, proposals),
-for TensorBoard. The figures are those `--mode=eval` computes, on fewer videos.
+for TensorBoard. The figures are those `--mode=eval` computes, on fewer videos,
+and with the model run at train.eval_resolution where that is set (a smaller
+size than eval.discovery_resolution makes the watch cheap).
 """
 
 import jax
@@ -22,13 +24,22 @@ def local_copy(tree):
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
+def monitor_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The run's config with discovery at train.eval_resolution, if set."""
+  if not config.train.eval_resolution:
+    return config
+  config = config.copy_and_resolve_references()
+  config.eval.discovery_resolution = tuple(config.train.eval_resolution)
+  return config
+
+
 class TrainingMonitor:
   """Discovery figures and an overlay of a train state on a few held-out videos."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     _, names, load = evaluate.benchmark_data(config, workdir)
     self.videos = [load(name) for name in names[:config.train.eval_videos]]
-    self.predictor = Predictor(config)
+    self.predictor = Predictor(monitor_config(config))
     self.params = config.eval.params
 
   def __call__(self, state) -> tuple[dict[str, float], np.ndarray]:
@@ -39,3 +50,9 @@ class TrainingMonitor:
     figures, first = evaluate.discovery_scores(self.predictor, variables, self.videos)
     strip = writers.overlay_strip(self.videos[0].frames, first["semantic"], first["discovery"])
     return {f"eval/{k}": v for k, v in figures.items()}, strip
+
+  def describe(self) -> str:
+    """What the figures are of, for the console: '2 videos at 256 x 256'."""
+    count = len(self.videos)
+    return (f"{count} video{'s' if count != 1 else ''} at "
+            f"{self.predictor.size[0]} x {self.predictor.size[1]}")
