@@ -1,31 +1,32 @@
 """The DAVIS / PASCAL VOC colour palette and palette-PNG reading and writing."""
 
-import functools
 import os
 
 import numpy as np
 from PIL import Image
 
 
+def _voc_colour(index: int) -> tuple[int, int, int]:
+  """The PASCAL VOC bit-spread colour of label `index`: its bits dealt to r, g,
+  b in turn, from the high bit down."""
+  label, r, g, b = index, 0, 0, 0
+  for shift in range(7, -1, -1):
+    r |= ((label >> 0) & 1) << shift
+    g |= ((label >> 1) & 1) << shift
+    b |= ((label >> 2) & 1) << shift
+    label >>= 3
+  return r, g, b
+
+
+# Built once: every annotation written needs it (rebuilding it per frame was a
+# sixth of writing the synthetic set).
+_PALETTE = np.array([_voc_colour(i) for i in range(256)], np.uint8)
+_PALETTE_FLAT = _PALETTE.reshape(-1).tolist()
+
+
 def davis_palette() -> np.ndarray:
-  """(256, 3) uint8 palette of the DAVIS annotations (the PASCAL VOC bit-spread map)."""
-  return np.array(_palette_rows(), np.uint8)
-
-
-@functools.cache
-def _palette_rows() -> tuple:
-  """The palette as 256 (r, g, b) rows, built once: every annotation written
-  needs it (rebuilding it per frame was a sixth of writing the synthetic set)."""
-  palette = np.zeros((256, 3), np.uint8)
-  for index in range(256):
-    label, r, g, b = index, 0, 0, 0
-    for shift in range(7, -1, -1):
-      r |= ((label >> 0) & 1) << shift
-      g |= ((label >> 1) & 1) << shift
-      b |= ((label >> 2) & 1) << shift
-      label >>= 3
-    palette[index] = (r, g, b)
-  return tuple(map(tuple, palette.tolist()))
+  """(256, 3) uint8 palette of the DAVIS annotations (the PASCAL VOC map); a copy."""
+  return _PALETTE.copy()
 
 
 def write_palette_png(path: str, labels: np.ndarray) -> None:
@@ -33,7 +34,7 @@ def write_palette_png(path: str, labels: np.ndarray) -> None:
   if labels.max(initial=0) > 255 or labels.min(initial=0) < 0:
     raise ValueError(f"{path}: labels must lie in 0..255, got {labels.min()}..{labels.max()}")
   image = Image.fromarray(labels.astype(np.uint8), mode="P")
-  image.putpalette([c for row in _palette_rows() for c in row])
+  image.putpalette(_PALETTE_FLAT)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   image.save(path)
 
