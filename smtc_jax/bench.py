@@ -1,13 +1,14 @@
 """Benchmarks (never timed tests):
 
-  python -m smtc_jax.bench step --config configs/X.py [--frozen] [--trace_dir DIR] [--config.a.b=v]
+  python -m smtc_jax.bench step --config configs/X.py [--frozen] [--fed] [--trace_dir DIR] [--config.a.b=v]
   python -m smtc_jax.bench data --config configs/X.py --workdir DIR
   python -m smtc_jax.bench propagate --config configs/X.py [--frames 70] [--davis_out DIR]
   python -m smtc_jax.bench davis --config configs/X.py [--reference_metrics FILE]
 
 `step` compiles and times the real jitted train step (median of --steps after
---warmup, block_until_ready), reads its FLOPs from XLA's cost analysis (of the
-lowered whole-batch step: `step_flops`) and its
+--warmup, block_until_ready; with --fed also the same step fed by the input
+pipeline as the training loop runs it: `fed_step_s`), reads its FLOPs from XLA's
+cost analysis (of the lowered whole-batch step: `step_flops`) and its
 activation memory (temporary buffers) from XLA's memory analysis, measures this
 machine's dense matmul peak in the same run, and prints the ratio (with
 train.microbatch, `xla_temp_bytes` is the memory of a step that holds one
@@ -43,6 +44,8 @@ flags.DEFINE_string("workdir", "/tmp/smtc_bench", "Where data is generated / rea
 flags.DEFINE_integer("steps", 10, "Timed iterations (after warm-up).")
 flags.DEFINE_integer("warmup", 2, "Untimed iterations first.")
 flags.DEFINE_bool("frozen", False, "Time the frozen-encoder step (grad_iter stage).")
+flags.DEFINE_bool("fed", False, "step: also time the step fed by the input pipeline as the "
+                  "training loop runs it (data from --workdir), next to the step alone.")
 flags.DEFINE_integer("matmul_size", 0, "Side of the peak-measuring matmul (0 = by backend).")
 flags.DEFINE_string("trace_dir", "", "step: also record a jax.profiler trace of --trace_steps "
                     "steps there and report the XLA ops that took longest, by kind and shape.")
@@ -198,6 +201,8 @@ def bench_step(config) -> dict:
     return metrics["loss"]
 
   step_s = _median_seconds(one, FLAGS.warmup, FLAGS.steps)
+  fed = ({"fed_step_s": fed_step_seconds(compiled, holder, input_iterator(config), mesh,
+                                          FLAGS.steps, FLAGS.warmup)} if FLAGS.fed else {})
   top_ops = (profile_ops(one, compiled, FLAGS.trace_dir, FLAGS.trace_steps, FLAGS.top_ops)
              if FLAGS.trace_dir else [])
   backend = jax.default_backend()
@@ -211,7 +216,7 @@ def bench_step(config) -> dict:
       "frozen_encoder": FLAGS.frozen, "dtype": config.model.dtype, "batch": clips,
       "microbatches": microbatches,
       "microbatch_clips": clips // (mesh.shape[sharding.DATA_AXIS] * microbatches),
-      "compile_s": compile_s, "step_s": step_s, "clips_per_s": clips / step_s,
+      "compile_s": compile_s, "step_s": step_s, "clips_per_s": clips / step_s, **fed,
       "step_flops": flops, "achieved_flops_per_s": achieved,
       "matmul_peak_f32": peak_f32, "matmul_peak_bf16": peak_bf16,
       "mfu_vs_f32_peak": achieved / peak_f32, "xla_temp_bytes": temp_bytes,
@@ -220,12 +225,39 @@ def bench_step(config) -> dict:
   }
 
 
-def bench_data(config) -> dict:
+def input_iterator(config):
+  """The training input pipeline of `config` over --workdir's data (generated there
+  for the synthetic source), as train_and_evaluate builds it on one process."""
   from smtc_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   source = pipeline.make_source(config, FLAGS.workdir)
   dataset = pipeline.build_dataset(source, pipeline.ClipSpec.from_config(config.data),
                                    seed=config.seed, global_batch=config.data.batch_size)
-  iterator = pipeline.make_iterator(dataset, config.data.num_workers, config.data.prefetch)
+  return pipeline.make_iterator(dataset, config.data.num_workers, config.data.prefetch)
+
+
+def fed_step_seconds(compiled, holder, iterator, mesh, steps: int, warmup: int) -> float:
+  """Seconds a step takes in the training loop's pattern: each batch drawn from
+  `iterator` and put on the mesh, then the step dispatched on holder[0] (the state,
+  advanced in place), steps back to back and waited for once at the end (wall time
+  over `steps` after `warmup`). Its difference to the step alone is what the host's
+  input work costs the loop."""
+  from smtc_jax import sharding  # pylint: disable=g-import-not-at-top
+
+  def run(count):
+    loss = None
+    for _ in range(count):
+      holder[0], metrics = compiled(holder[0], sharding.global_batch(next(iterator), mesh))
+      loss = metrics["loss"]
+    jax.block_until_ready(loss)
+
+  run(warmup)
+  start = time.perf_counter()
+  run(steps)
+  return (time.perf_counter() - start) / steps
+
+
+def bench_data(config) -> dict:
+  iterator = input_iterator(config)
   for _ in range(FLAGS.warmup):
     next(iterator)
   start = time.perf_counter()

@@ -57,3 +57,30 @@ def test_the_propagation_video_is_written_as_a_davis_folder_our_reader_reads_bac
   images, annotations = (tmp_path / "filelist.txt").read_text().split()
   assert images == str(tmp_path / "JPEGImages" / "480p" / "bench")
   assert annotations == str(tmp_path / "Annotations" / "480p" / "bench")
+
+
+def test_the_fed_step_runs_one_step_per_batch_drawn_in_order():
+  # --fed times the loop's pattern: the state it leaves is the one the same batches give
+  # stepped one by one, and it draws exactly warmup + steps batches.
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from smtc_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.data.batch_size = 2
+  mesh = sharding.make_mesh()
+  model, optimizer, state, state_sharding = train.build(config, mesh)
+  step = train.compile_train_steps(config, model, optimizer, mesh, state_sharding)[False]
+  rng = np.random.default_rng(0)
+  shape = (2, config.data.num_frames, *config.data.resolution, 3)
+  batches = [{k: rng.integers(0, 256, shape, dtype=np.uint8) for k in ("student", "teacher")}
+             for _ in range(4)]
+  expected = jax.tree.map(jnp.copy, state)
+  for batch in batches[:3]:
+    expected, _ = step(expected, sharding.global_batch(batch, mesh))
+  iterator = iter(batches)
+  holder = [state]
+  seconds = bench.fed_step_seconds(step, holder, iterator, mesh, steps=2, warmup=1)
+  assert seconds > 0
+  assert int(holder[0].step) == 3
+  assert next(iterator) is batches[3]
+  for got, want in zip(jax.tree.leaves(holder[0].params), jax.tree.leaves(expected.params)):
+    np.testing.assert_array_equal(got, want)
