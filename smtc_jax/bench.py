@@ -183,6 +183,7 @@ def bench_step(config) -> dict:
   mesh = sharding.make_mesh()
   sharding.check_batch_divisible(config.data.batch_size, mesh)
   microbatches = train.microbatches_per_step(config, mesh)
+  source = data_source(config) if FLAGS.fed else None  # bad data fails before compiling
   model, optimizer, state, state_sharding = train.build(config, mesh)
   steps = train.compile_train_steps(config, model, optimizer, mesh, state_sharding)
   step_fn = steps[FLAGS.frozen]
@@ -201,7 +202,7 @@ def bench_step(config) -> dict:
     return metrics["loss"]
 
   step_s = _median_seconds(one, FLAGS.warmup, FLAGS.steps)
-  fed = ({"fed_step_s": fed_step_seconds(compiled, holder, input_iterator(config), mesh,
+  fed = ({"fed_step_s": fed_step_seconds(compiled, holder, input_iterator(config, source), mesh,
                                           FLAGS.steps, FLAGS.warmup)} if FLAGS.fed else {})
   top_ops = (profile_ops(one, compiled, FLAGS.trace_dir, FLAGS.trace_steps, FLAGS.top_ops)
              if FLAGS.trace_dir else [])
@@ -225,11 +226,21 @@ def bench_step(config) -> dict:
   }
 
 
-def input_iterator(config):
-  """The training input pipeline of `config` over --workdir's data (generated there
-  for the synthetic source), as train_and_evaluate builds it on one process."""
+def data_source(config):
+  """The training data of `config` in --workdir (generated there for the synthetic
+  source); a bad data config or a missing dataset fails here, as in the main job."""
+  from smtc_jax import config_checks  # pylint: disable=g-import-not-at-top
   from smtc_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  source = pipeline.make_source(config, FLAGS.workdir)
+  found = config_checks.check_data(config, "train")
+  if found:
+    raise config_checks.ConfigError("\n".join(found))
+  return pipeline.make_source(config, FLAGS.workdir)
+
+
+def input_iterator(config, source):
+  """The training input pipeline of `config` over `source`, as train_and_evaluate
+  builds it on one process."""
+  from smtc_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   dataset = pipeline.build_dataset(source, pipeline.ClipSpec.from_config(config.data),
                                    seed=config.seed, global_batch=config.data.batch_size)
   return pipeline.make_iterator(dataset, config.data.num_workers, config.data.prefetch)
@@ -257,7 +268,7 @@ def fed_step_seconds(compiled, holder, iterator, mesh, steps: int, warmup: int) 
 
 
 def bench_data(config) -> dict:
-  iterator = input_iterator(config)
+  iterator = input_iterator(config, data_source(config))
   for _ in range(FLAGS.warmup):
     next(iterator)
   start = time.perf_counter()
