@@ -14,7 +14,8 @@ machine's dense matmul peak in the same run, and prints the ratio (with
 train.microbatch, `xla_temp_bytes` is the memory of a step that holds one
 micro-batch of `microbatch_clips` clips per device at a time); with
 --trace_dir it records a jax.profiler trace and lists the costliest XLA ops. `data`
-times the grain input pipeline in clips/s; `propagate` runs label propagation
+times the grain input pipeline in clips/s (its steady state: the batches it made ahead
+are drawn before the clock starts); `propagate` runs label propagation
 and object discovery on a random 854x480 video (with --davis_out it also writes
 that video as a DAVIS folder and a filelist, to time other code on it); `davis` times J and F of a
 480p sequence against the DAVIS team's own implementation when its file is
@@ -268,8 +269,12 @@ def fed_step_seconds(compiled, holder, iterator, mesh, steps: int, warmup: int) 
 
 
 def bench_data(config) -> dict:
+  """Clips/s the input pipeline makes in its steady state: after --warmup batches the
+  batches it made ahead are drawn untimed too, so the timed ones are made while timed."""
+  from smtc_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  d = config.data
   iterator = input_iterator(config, data_source(config))
-  for _ in range(FLAGS.warmup):
+  for _ in range(FLAGS.warmup + pipeline.buffered_batches(d.num_workers, d.prefetch)):
     next(iterator)
   start = time.perf_counter()
   for _ in range(FLAGS.steps):

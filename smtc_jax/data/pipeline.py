@@ -321,10 +321,22 @@ def build_dataset(source, spec: ClipSpec, *, seed: int, global_batch: int,
   return ds.batch(local_batch_size(global_batch, process_count), drop_remainder=True)
 
 
+# make_iterator's worker processes each hold this many batches beside their read-ahead
+# (grain.MultiprocessingOptions' default per_worker_buffer_size).
+WORKER_BUFFER = 1
+
+
+def buffered_batches(num_workers: int, prefetch: int) -> int:
+  """How many batches make_iterator's pipeline can hold ready ahead of its consumer:
+  `prefetch` read ahead in the main process, or in each worker plus its buffer."""
+  return num_workers * (prefetch + WORKER_BUFFER) if num_workers > 0 else prefetch
+
+
 def make_iterator(dataset: grain.MapDataset, num_workers: int, prefetch: int = 2):
   """A checkpointable iterator; `num_workers` > 0 decodes in worker processes."""
   ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(1, prefetch),
                                                  prefetch_buffer_size=prefetch))
   if num_workers > 0:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                     per_worker_buffer_size=WORKER_BUFFER))
   return iter(ds)
