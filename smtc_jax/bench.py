@@ -181,6 +181,7 @@ def step_flops(config, model, optimizer, mesh, state_sharding, state, batch, fro
 
 def bench_step(config) -> dict:
   from smtc_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from smtc_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh()
   sharding.check_batch_divisible(config.data.batch_size, mesh)
   microbatches = train.microbatches_per_step(config, mesh)
@@ -203,7 +204,8 @@ def bench_step(config) -> dict:
     return metrics["loss"]
 
   step_s = _median_seconds(one, FLAGS.warmup, FLAGS.steps)
-  fed = ({"fed_step_s": fed_step_seconds(compiled, holder, input_iterator(config, source), mesh,
+  fed = ({"fed_step_s": fed_step_seconds(compiled, holder,
+                                          pipeline.training_iterator(config, source), mesh,
                                           FLAGS.steps, FLAGS.warmup)} if FLAGS.fed else {})
   top_ops = (profile_ops(one, compiled, FLAGS.trace_dir, FLAGS.trace_steps, FLAGS.top_ops)
              if FLAGS.trace_dir else [])
@@ -238,15 +240,6 @@ def data_source(config):
   return pipeline.make_source(config, FLAGS.workdir)
 
 
-def input_iterator(config, source):
-  """The training input pipeline of `config` over `source`, as train_and_evaluate
-  builds it on one process."""
-  from smtc_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  dataset = pipeline.build_dataset(source, pipeline.ClipSpec.from_config(config.data),
-                                   seed=config.seed, global_batch=config.data.batch_size)
-  return pipeline.make_iterator(dataset, config.data.num_workers, config.data.prefetch)
-
-
 def fed_step_seconds(compiled, holder, iterator, mesh, steps: int, warmup: int) -> float:
   """Seconds a step takes in the training loop's pattern: each batch drawn from
   `iterator` and put on the mesh, then the step dispatched on holder[0] (the state,
@@ -273,7 +266,7 @@ def bench_data(config) -> dict:
   batches it made ahead are drawn untimed too, so the timed ones are made while timed."""
   from smtc_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   d = config.data
-  iterator = input_iterator(config, data_source(config))
+  iterator = pipeline.training_iterator(config, data_source(config))
   for _ in range(FLAGS.warmup + pipeline.buffered_batches(d.num_workers, d.prefetch)):
     next(iterator)
   start = time.perf_counter()

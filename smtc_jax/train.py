@@ -399,11 +399,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   os.makedirs(logdir, exist_ok=True)
   save_config(config, logdir)
   source = pipeline.make_source(config, workdir)
-  dataset = pipeline.build_dataset(
-      source, pipeline.ClipSpec.from_config(config.data), seed=config.seed,
-      global_batch=config.data.batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count())
-  data_iter = pipeline.make_iterator(dataset, config.data.num_workers, config.data.prefetch)
+  data_iter = pipeline.training_iterator(config, source, process_index=jax.process_index(),
+                                         process_count=jax.process_count())
   model, optimizer, state, state_sharding = build(config, mesh)
   manager = checkpoint.make_manager(workdir, config)
   state, data_iter = checkpoint.restore_latest(manager, state, data_iter, set_aside=True)

@@ -340,3 +340,15 @@ def make_iterator(dataset: grain.MapDataset, num_workers: int, prefetch: int = 2
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                      per_worker_buffer_size=WORKER_BUFFER))
   return iter(ds)
+
+
+def training_iterator(config: ml_collections.ConfigDict, source, *, process_index: int = 0,
+                      process_count: int = 1):
+  """The SMTC training input of `config` over `source`: this process's share of
+  every global batch of data.batch_size clips, as the train job and the step
+  benchmark read it."""
+  d = config.data
+  dataset = build_dataset(source, ClipSpec.from_config(d), seed=config.seed,
+                          global_batch=d.batch_size, process_index=process_index,
+                          process_count=process_count)
+  return make_iterator(dataset, d.num_workers, d.prefetch)
