@@ -171,6 +171,9 @@ def get_data_config() -> ml_collections.ConfigDict:
   s.seed = 0
   s.lighting = 0.0  # drift of the light (synthetic.SyntheticSpec)
   s.noise = 0.0  # sensor noise, grey levels
+  # shapes (synthetic.py) | photo_blobs | photo_silhouettes (photo_videos.py: objects and
+  # backgrounds cut from real photographs; needs pip install -e '.[photo]')
+  s.kind = "shapes"
   return d
 
 

@@ -15,7 +15,9 @@ import ml_collections
 
 from smtc_jax import matching
 from smtc_jax import train
+from smtc_jax.data import photo_videos
 from smtc_jax.data import pipeline
+from smtc_jax.data import synthetic
 from smtc_jax.evaluation import discovery, evaluate
 from smtc_jax.models import smtc
 
@@ -188,7 +190,12 @@ def check_data(config, mode: str) -> list[str]:
          *at_least(config, "data.synthetic.num_val", 0), *at_least(config, "data.synthetic.size", 1),
          *at_least(config, "data.synthetic.max_objects", 1),
          *within(config, "data.synthetic.lighting", 0.0, 1.0),
-         *at_least(config, "data.synthetic.noise", 0.0)]
+         *at_least(config, "data.synthetic.noise", 0.0),
+         *one_of(config, "data.synthetic.kind", synthetic.KINDS)]
+  if d.source == "synthetic" and d.synthetic.kind in photo_videos.KINDS:
+    if importlib.util.find_spec("skimage") is None:
+      out.append(f"data.synthetic.kind={d.synthetic.kind!r} reads scikit-image's photographs: "
+                 f"pip install -e '.[photo]'")
   if not d.split:
     out.append("data.split is empty")
   if not check_model(config):  # the encoder's stride is defined for a valid model section

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from smtc_jax.data import palette
+from smtc_jax.data import photo_videos
 
 SHAPES = ("disc", "square", "triangle")
 TEXTURES = ("stripes", "dots", "checker")
@@ -37,8 +38,10 @@ UNSUPERVISED_DIR = os.path.join("Annotations_unsupervised", "480p")
 CATEGORY_DIR = "Categories"
 IMAGESET_DIR = os.path.join("ImageSets", "2017")
 COMPLETE_MARKER = "SYNTHETIC_COMPLETE.json"
-# Sets written before the light existed recorded no such fields: they are flat.
-FLAT_LIGHT = {"lighting": 0.0, "noise": 0.0}
+# Sets written before the light and the photo kinds existed recorded no such fields.
+FLAT_LIGHT = {"lighting": 0.0, "noise": 0.0, "kind": "shapes"}
+KINDS = ("shapes",) + photo_videos.KINDS
+PHOTO_JPEG_QUALITY = 80  # the photo kinds' frames carry JPEG's blocking, as footage does
 LIGHT_STREAM = 1  # the light's random stream: (seed, LIGHT_STREAM); scenes use (seed,)
 
 
@@ -55,6 +58,10 @@ class SyntheticSpec:
   # a video, so an object's colours change as it moves. 0 = flat, constant light.
   lighting: float = 0.0
   noise: float = 0.0  # sensor noise, s.d. in grey levels (0-255), fresh each frame
+  # shapes: the procedural shapes here; photo_blobs | photo_silhouettes: objects and
+  # backgrounds cut from photographs (photo_videos.py; `lighting` does not apply,
+  # those videos flicker instead).
+  kind: str = "shapes"
 
 
 def _category_colours(category: int):
@@ -188,9 +195,11 @@ def write_davis_frames(root: str, name: str, frames, labels, annotation_dirs=(AN
       palette.write_palette_png(os.path.join(root, folder, name, f"{f:05d}.png"), labels[f])
 
 
-def _write_video(root: str, name: str, frames, labels, objects) -> None:
-  write_davis_frames(root, name, frames, labels, (ANNOTATION_DIR, UNSUPERVISED_DIR))
-  meta = {str(k): {"category": v, "name": CATEGORIES[v]} for k, v in objects.items()}
+def _write_video(root: str, name: str, frames, labels, objects, kind: str = "shapes") -> None:
+  quality = 92 if kind == "shapes" else PHOTO_JPEG_QUALITY
+  write_davis_frames(root, name, frames, labels, (ANNOTATION_DIR, UNSUPERVISED_DIR), quality)
+  names = CATEGORIES if kind == "shapes" else ("object",)
+  meta = {str(k): {"category": v, "name": names[v]} for k, v in objects.items()}
   path = os.path.join(root, CATEGORY_DIR, f"{name}.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
@@ -201,6 +210,8 @@ def ensure_synthetic_davis(root: str, spec: SyntheticSpec = SyntheticSpec()) -> 
   """Generate the set under `root` unless a complete one with the same spec is
   there. Written to a temporary folder and renamed, so a killed run never
   leaves a half-written set behind. Returns `root`."""
+  if spec.kind not in KINDS:
+    raise ValueError(f"data.synthetic.kind={spec.kind!r} is not one of {KINDS}")
   marker = os.path.join(root, COMPLETE_MARKER)
   wanted = dataclasses.asdict(spec)
   if os.path.exists(marker):
@@ -220,7 +231,11 @@ def ensure_synthetic_davis(root: str, spec: SyntheticSpec = SyntheticSpec()) -> 
   for split, count in splits.items():
     names = [f"{split}{i:03d}" for i in range(count)]
     for name in names:
-      _write_video(tmp, name, *generate_video(rng, spec, light_rng))
+      if spec.kind == "shapes":
+        video = generate_video(rng, spec, light_rng)
+      else:
+        video = photo_videos.generate_video(rng, spec.kind, spec.size, spec.num_frames, spec.noise)
+      _write_video(tmp, name, *video, kind=spec.kind)
     os.makedirs(os.path.join(tmp, IMAGESET_DIR), exist_ok=True)
     with open(os.path.join(tmp, IMAGESET_DIR, f"{split}.txt"), "w") as f:
       f.write("\n".join(names) + "\n")
