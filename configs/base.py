@@ -220,7 +220,9 @@ def get_train_config() -> ml_collections.ConfigDict:
   t.eval_every = 0
   t.eval_videos = 4
   t.eval_resolution = ()
-  t.logdir = ""  # local folder for logs; "" = the workdir (needed when that is gs://)
+  # Local folder for logs; "" = the workdir, or for a gs:// workdir a folder under
+  # the temp dir whose logs are copied into the workdir (smtc_jax/run_logs.py).
+  t.logdir = ""
   return t
 
 

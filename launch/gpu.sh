@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train smtc_jax on all GPUs of this host (one process; the mesh spans every GPU).
 #
-# Needs (environment): WORKDIR, DATA_PATH (YouTube-VOS frames),
+# Needs (environment): WORKDIR (a folder, or gs://BUCKET/run: logs are copied
+#   into the bucket too), DATA_PATH (YouTube-VOS frames),
 #   INIT_CHECKPOINT (the DINO encoder as an Orbax params checkpoint).
 # Optional: CONFIG (configs/gpu.py), PYTHON (python3), CUDA_VISIBLE_DEVICES.
 # Usage: launch/gpu.sh [--dry-run] [-- --config.train.microbatch=32 ...]

@@ -7,8 +7,10 @@
 # Optional: ACCELERATOR_TYPE (v4-32), RUNTIME_VERSION (tpu-ubuntu2204-base),
 #   CONFIG (configs/tpu_v4.py), WORKDIR (BUCKET/smtc/TPU_NAME).
 # Usage: launch/tpu_pod.sh [--dry-run] [-- --config.train.num_steps=7000 ...]
-# Checkpoints go to the shared gs:// workdir (all workers write their shards);
-# logs of worker 0 stream to this terminal.
+# Checkpoints go to the shared gs:// workdir (all workers write their shards),
+# and so do the logs, metrics and TensorBoard events (each worker writes them on
+# its own disk first and copies them in: tensorboard --logdir WORKDIR/tensorboard);
+# the console of worker 0 streams to this terminal.
 
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -32,7 +34,7 @@ run "${TPU[@]}" scp --recurse --worker=all "$ROOT" "$TPU_NAME:" "${WHERE[@]}"
 REPO_DIR="$(basename "$ROOT")"  # relative to the remote home
 run "${TPU[@]}" ssh "$TPU_NAME" "${WHERE[@]}" --worker=all --command \
   "cd $REPO_DIR && python3 -m pip install -q -e . 'jax[tpu]'"
-ARGS="--config $CONFIG --workdir $WORKDIR --config.train.logdir=/tmp/smtc_logs"
+ARGS="--config $CONFIG --workdir $WORKDIR"
 ARGS+=" --config.data.path=$DATA_PATH --config.init.checkpoint=$INIT_CHECKPOINT"
 ARGS+=" ${EXTRA_ARGS[*]:-}"
 run "${TPU[@]}" ssh "$TPU_NAME" "${WHERE[@]}" --worker=all --command \

@@ -14,7 +14,6 @@ import os
 import ml_collections
 
 from smtc_jax import matching
-from smtc_jax import train
 from smtc_jax.data import photo_videos
 from smtc_jax.data import pipeline
 from smtc_jax.data import synthetic
@@ -311,12 +310,12 @@ def check_eval(config, mode: str) -> list[str]:
 
 
 def check_workdir(config, mode: str, workdir: str) -> list[str]:
-  """What a remote (gs://) workdir needs: local folders for logs and generated data."""
+  """What a remote (gs://) workdir needs: a local folder for generated data (its
+  logs have a local default, run_logs.py); train.logdir, if set, is local."""
   out = []
-  try:
-    train.log_dir(config, workdir)
-  except ValueError as e:
-    out.append(str(e))
+  if "://" in config.train.logdir:
+    out.append(f"train.logdir={config.train.logdir!r} must be a local folder (the logs of a gs:// "
+               f"workdir are copied into it by themselves)")
   if (mode in ("train", "pretrain") and "://" in workdir and config.data.source == "synthetic"
       and not config.data.path):
     out.append(f"workdir {workdir} is remote: data.source='synthetic' needs a local data.path")

@@ -13,8 +13,11 @@ baselines (smtc_jax/evaluation).
 The config is checked first (config_checks.py), before anything is built or
 written. The console shows the run's own lines, warnings and one line per error;
 the full log (library records, tracebacks) goes to <logdir>/<mode>.log, and to
-the console as well with --alsologtostderr. A training job holds the workdir's
-lock; at SIGTERM it checkpoints the current step and exits with status 143.
+the console as well with --alsologtostderr. With a gs:// workdir, checkpoints
+and exports go to the bucket through Orbax, and the logs (written on the host's
+disk, in the folder the console names) are copied into it (run_logs.py). A
+training job holds the workdir's lock; at SIGTERM it checkpoints the current
+step and exits with status 143.
 """
 
 import os
@@ -85,7 +88,7 @@ def main(argv):
   except config_checks.ConfigError as e:
     sys.exit("\n".join(f"error: {line}" for line in str(e).splitlines()))
   import jax
-  from smtc_jax import checkpoint, console, preemption, sharding, train, workdir_lock
+  from smtc_jax import checkpoint, console, preemption, run_logs, sharding, train, workdir_lock
   # pylint: enable=g-import-not-at-top
   console.start(verbose=FLAGS.alsologtostderr or FLAGS.logtostderr)
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -96,8 +99,15 @@ def main(argv):
       lock = workdir_lock.acquire(logdir if checkpoint.is_remote(workdir) else workdir)
     except workdir_lock.WorkdirBusy as e:
       sys.exit(f"error: {e}")
+  mirror = run_logs.mirror_for(config, workdir)  # a gs:// workdir: logs copied into it
+  if mirror:  # a resume on a fresh host appends to the bucket's metrics and log
+    mirror.pull(([run_logs.METRICS] if jax.process_index() == 0 else []) +
+                [os.path.basename(console.log_path(logdir, mode))])
   log_file = console.to_file(logdir, mode)
   console.say(f"smtc_jax {mode}: workdir {workdir}; full log in {log_file}")
+  if mirror:
+    console.say(f"logs, metrics and TensorBoard are written to {logdir} and copied into {workdir} "
+                f"every {run_logs.COPY_EVERY_S:.0f} s and at the end")
   logging.info("config:\n%s", config)
   try:
     run(config, mode, workdir)
@@ -107,6 +117,9 @@ def main(argv):
   except Exception as e:  # pylint: disable=broad-except  # one line here, traceback in the log
     logging.error("%s (traceback in %s)", console.reason(e), log_file, exc_info=e)
     sys.exit(1)
+  finally:
+    if mirror:
+      mirror.push(force=True)
   del lock
 
 

@@ -32,6 +32,7 @@ import optax
 from smtc_jax import checkpoint
 from smtc_jax import console
 from smtc_jax import losses
+from smtc_jax import run_logs
 from smtc_jax import sharding
 from smtc_jax import train
 from smtc_jax.data import pipeline
@@ -236,7 +237,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
                     in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                     out_shardings=(state_sharding, sharding.replicated(mesh)),
                     donate_argnums=(0,))
-  writer = train.MetricWriter(logdir, prefix="pretrain/")
+  writer = train.MetricWriter(logdir, prefix="pretrain/",
+                              mirror=run_logs.mirror_for(config, workdir))
   console.say(f"pretraining the encoder from step {int(state.step)} to {p.num_steps} "
               f"(smtc_jax/pretrain.py); checkpoints in {manager.directory}")
   stage = train.Stage(p.num_steps, lambda _: step_fn,

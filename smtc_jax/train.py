@@ -19,6 +19,7 @@ from smtc_jax import checkpoint
 from smtc_jax import console
 from smtc_jax import losses
 from smtc_jax import preemption
+from smtc_jax import run_logs
 from smtc_jax import sharding
 from smtc_jax.data import pipeline
 from smtc_jax.evaluation import monitor
@@ -295,14 +296,10 @@ def create_state(config, model, optimizer, mesh):
 
 
 def log_dir(config, workdir: str) -> str:
-  """Where process 0 writes TensorBoard, metrics.jsonl and config.json: the
-  workdir, or train.logdir (a local folder) when the workdir is remote (gs://),
-  where only Orbax writes."""
-  if config.train.logdir:
-    return config.train.logdir
-  if checkpoint.is_remote(workdir):
-    raise ValueError(f"workdir {workdir} is remote: set train.logdir to a local folder for logs")
-  return workdir
+  """The local folder where process 0 writes TensorBoard, metrics.jsonl and
+  config.json: train.logdir, else the workdir, or for a gs:// workdir a local
+  folder whose logs are copied into it (run_logs.py)."""
+  return run_logs.local_dir(config, workdir)
 
 
 def build(config, mesh):
@@ -316,11 +313,14 @@ def build(config, mesh):
 
 class MetricWriter:
   """TensorBoard scalars and a metrics.jsonl file, from process 0 only; names
-  get `prefix` (e.g. 'pretrain/' for the encoder pretraining stage)."""
+  get `prefix` (e.g. 'pretrain/' for the encoder pretraining stage). With a
+  `mirror` (run_logs.Mirror of a gs:// workdir) they are copied into the
+  workdir as they grow and at close."""
 
-  def __init__(self, logdir: str, prefix: str = ""):
+  def __init__(self, logdir: str, prefix: str = "", mirror: run_logs.Mirror | None = None):
     self.enabled = jax.process_index() == 0
     self.prefix = prefix
+    self.mirror = mirror
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self.tb = SummaryWriter(os.path.join(logdir, "tensorboard"))
@@ -334,6 +334,9 @@ class MetricWriter:
       self.tb.add_scalar(name, value, step)
     self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self.jsonl.flush()
+    if self.mirror:
+      self.tb.flush()  # the event file complete on disk before it is copied
+      self.mirror.push()
 
   def image(self, step: int, name: str, image: np.ndarray) -> None:
     """An (H, W, 3) uint8 image in TensorBoard."""
@@ -344,6 +347,8 @@ class MetricWriter:
     if self.enabled:
       self.tb.close()
       self.jsonl.close()
+      if self.mirror:
+        self.mirror.push(force=True)
 
 
 def progress_line(step, scalars, steps_per_sec, *, num_steps) -> str:
@@ -405,7 +410,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = checkpoint.make_manager(workdir, config)
   state, data_iter = checkpoint.restore_latest(manager, state, data_iter, set_aside=True)
   steps = compile_train_steps(config, model, optimizer, mesh, state_sharding)
-  writer = MetricWriter(logdir)
+  mirror = run_logs.mirror_for(config, workdir)
+  writer = MetricWriter(logdir, mirror=mirror)
   start, t = int(state.step), config.train
   discovery_monitor = (monitor.TrainingMonitor(config, workdir)
                        if t.eval_every and jax.process_index() == 0 else None)
@@ -418,8 +424,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 functools.partial(progress_line, num_steps=t.num_steps))
   _, scalars = run_loop(config, stage, state, data_iter, mesh, manager, writer,
                         discovery_monitor)
+  metrics_dir = workdir if mirror else logdir
   console.say(f"done: step {t.num_steps}; checkpoints in {manager.directory}, metrics in "
-              f"{os.path.join(logdir, 'metrics.jsonl')} and {os.path.join(logdir, 'tensorboard')}")
+              f"{metrics_dir}/{run_logs.METRICS} and {metrics_dir}/{run_logs.TENSORBOARD}")
   return scalars
 
 

@@ -123,7 +123,6 @@ def test_mode_and_workdir_requirements():
   assert config_checks.problems(config, "eval", "/tmp/w") == [
       "eval.benchmark='davis2017' needs eval.data_path (the benchmark's folder)"]
   assert config_checks.problems(_config(), "train", "gs://bucket/run") == [
-      "workdir gs://bucket/run is remote: set train.logdir to a local folder for logs",
       "workdir gs://bucket/run is remote: data.source='synthetic' needs a local data.path"]
 
 
