@@ -1,8 +1,16 @@
 """The paper's configuration of SMTC (ICCV 2023), every constant a named field.
 
 Other config files start from `get_config()` here and change only what differs.
-Section / equation numbers refer to `smtc_paper.txt`; `REFERENCE_NOTES.md` lists
-where the authors' released code differs (see `configs/reference.py`).
+Section and equation numbers are the paper's; where the authors' released code
+differs, the field says so and configs/reference.py selects the code's side
+(docs/paper_vs_code.md). Training it needs the data and DINO's encoder:
+
+  python -m smtc_jax.main --config configs/base.py --workdir /runs/smtc \\
+      --config.data.path=/data/youtube_vos --config.init.checkpoint=/data/dino_vits16
+
+and its train step alone runs anywhere:
+
+  python -m smtc_jax.bench step --config configs/base.py --config.data.batch_size=2
 """
 
 import ml_collections

@@ -15,8 +15,8 @@ from configs import tpu_v4
 def get_config():
   config = tpu_v4.get_config()
   config.data.num_workers = 8
-  # 64 clips at once: 34 GB on an H200 in float32, against 68 GB for all 128
-  # (README, Performance), for 22 % more time a step. A card that holds 128
-  # clips runs configs/tpu_v4.py as is; bf16 or model.remat=True also fit less.
+  # 64 clips at once: half the memory of all 128 for ~22 % more time a step
+  # (docs/performance.md). A card that holds 128 clips runs configs/tpu_v4.py
+  # as is; bf16 or model.remat=True also fit less.
   config.train.microbatch = 64
   return config

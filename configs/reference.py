@@ -1,10 +1,14 @@
-"""The authors' released code's choices (REFERENCE_NOTES.md and the README's
-"Paper vs. code" table): their model, losses, training recipe (start_twostage.sh,
-src/train.py, src/utils.py) and inference (src/eval_multi.py, src/eval_prop.py),
-for parity with their checkpoints and for paper-vs-code comparisons.
+"""The authors' released code's choices (github.com/shvdiwnkozbw/SMTC): their
+model, losses, training recipe (start_twostage.sh, src/train.py, src/utils.py)
+and inference (src/eval_multi.py, src/eval_prop.py), for parity with their
+checkpoints and for paper-vs-code comparisons (docs/paper_vs_code.md). The
+evaluation protocol stays the official one.
 
   python -m smtc_jax.main --config configs/reference.py --workdir DIR \\
       --config.data.path=/data/youtube_vos --config.init.checkpoint=/data/dino_vits16
+
+Their released model, converted into DIR/export (smtc_jax.convert --kind smtc),
+is evaluated with the same command and --mode=eval.
 """
 
 from configs import base

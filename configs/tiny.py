@@ -1,4 +1,7 @@
-"""A tiny model for tests: the paper's structure at toy sizes (seconds on CPU)."""
+"""A tiny model for tests: the paper's structure at toy sizes (seconds on CPU).
+
+  python -m smtc_jax.bench step --config configs/tiny.py --config.data.batch_size=4
+"""
 
 from configs import base
 
