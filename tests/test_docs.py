@@ -48,9 +48,9 @@ def _split_fences(text):
       in_fence = not in_fence
       prose.append("")
       continue
-    (code if in_fence else prose).append(line if in_fence else line)
     if in_fence:
-      prose.append("")
+      code.append(line)
+    prose.append("" if in_fence else line)  # prose keeps its line numbers
   joined = []
   for line in code:
     if joined and joined[-1].endswith("\\"):
