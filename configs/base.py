@@ -343,6 +343,10 @@ def get_eval_config() -> ml_collections.ConfigDict:
   e.pose_topk = 5
   e.pck_thresholds = (0.1, 0.2)
   e.overlays = 4  # videos drawn as PNG strips
+  # Also score the trained model's discovery with the paper's inference (eq. 11
+  # candidates, no background rule, the slots' ids; predictor.PAPER_INFERENCE) from
+  # the same forward passes: a row 'trained**' beside ours, where ours differs.
+  e.paper_inference = True
   return e
 
 

@@ -3,6 +3,7 @@ import glob
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -241,6 +242,16 @@ def test_eval_mode_reports_the_model_and_both_baselines(tmp_path, capsys):
   global_row, _ = davis.score_folder(str(tmp_path / "synthetic_data"), str(out / "propagation"),
                                      "semi-supervised", "val", processes=1)
   assert global_row["J&F-Mean"] == pytest.approx(summary["trained"]["jf_propagation"], abs=1e-9)
+  # Under our inference rules the paper's comes beside them, from the same forward
+  # passes: its row is what an evaluation with the paper's rules gives.
+  ours = ml_collections.ConfigDict(config.to_dict())
+  ours.eval.candidates, ours.eval.background, ours.eval.tracks = "score", "border", "components"
+  both = evaluate.evaluate(ours, str(tmp_path))
+  assert set(both) == {"trained", "trained_paper", "untrained", "trivial"}
+  assert both["trained_paper"] == {k: summary["trained"][k] for k in ("iou", "jf_discovery")}
+  assert "trained**" in capsys.readouterr().out
+  ours.eval.paper_inference = False
+  assert "trained_paper" not in evaluate.evaluate(ours, str(tmp_path))
   # The same trained model on the other benchmarks' layouts (tiny folders written
   # from synthetic videos), each with its own metrics and results folder.
   data = layouts.videos(count=2, frames=6, size=48)
@@ -422,9 +433,12 @@ class _ProposalOracle:
     self.config = tiny.get_config()
     self.propose = propose
 
-  def proposals(self, variables, frames):
+  def clips(self, variables, frames):  # the "model outputs" are the frames themselves
     del variables
-    return self.propose(frames), np.zeros(frames.shape[:3], np.uint8)
+    return frames
+
+  def proposals_of_clips(self, frames, video_shape):
+    return self.propose(frames), np.zeros(video_shape, np.uint8)
 
 
 def test_the_monitor_runs_discovery_at_its_own_size_and_leaves_the_config_alone():

@@ -24,8 +24,10 @@ import numpy as np
 from smtc_jax import console
 from smtc_jax.data import synthetic
 from smtc_jax.evaluation import davis, pose, readers, scores, writers
-from smtc_jax.evaluation.predictor import (Predictor, propagate_keypoints, propagate_masks,
-                                           trained_variables, untrained_variables)
+from smtc_jax.evaluation.predictor import (Predictor, paper_inference_config,
+                                           propagate_keypoints, propagate_masks,
+                                           trained_variables, untrained_variables,
+                                           uses_paper_inference)
 
 EVAL_DIR = "eval"
 TASKS = {
@@ -70,17 +72,24 @@ def _num_labels(video, tasks) -> int:
   return davis.first_frame_objects(video.labels) + 1
 
 
-def evaluate_method(predictor, variables, video, tasks):
+def evaluate_method(predictor, variables, video, tasks, paper=None):
   """Scores of one model on one video, and its predictions: {'discovery': (F, H, W)
   proposals, 'semantic': (F, H, W), 'propagation': (F, H, W) labels, 'keypoints':
-  ((F, J, 2), (F, J) visible)}, those the benchmark's tasks produce."""
+  ((F, J, 2), (F, J) visible)}, those the benchmark's tasks produce. With `paper`
+  (a Predictor with the paper's inference rules), the discovery scores of its
+  proposals from the same forward passes come too, under PAPER_KEY."""
   e = predictor.config.eval
   values, predictions = {}, {}
   if any(t in tasks for t in scores.DISCOVERY_TASKS):
-    predictions["discovery"], predictions["semantic"] = predictor.proposals(variables,
-                                                                            video.frames)
+    clips = predictor.clips(variables, video.frames)
+    predictions["discovery"], predictions["semantic"] = predictor.proposals_of_clips(
+        clips, video.frames.shape[:3])
     values.update(scores.score_discovery(video, predictions["discovery"], tasks,
                                          e.unsupervised_matching, e.max_proposals))
+    if paper is not None:
+      proposals, _ = paper.proposals_of_clips(clips, video.frames.shape[:3])
+      values[PAPER_KEY] = scores.score_discovery(video, proposals, tasks,
+                                                 e.unsupervised_matching, e.max_proposals)
   if any(t in tasks for t in scores.MASK_PROPAGATION_TASKS):
     predictions["propagation"] = propagate_masks(predictor, variables, video.frames,
                                                  video.labels[0], _num_labels(video, tasks))
@@ -91,6 +100,10 @@ def evaluate_method(predictor, variables, video, tasks):
     predictions["keypoints"] = keypoints, visible
     values["pck"] = pose.normalised_distances(keypoints, video.keypoints, visible)
   return values, predictions
+
+
+PAPER_KEY = "paper_inference"  # evaluate_method's scores under the paper's inference
+PAPER_METHOD = "trained_paper"  # the results row of the trained model under it
 
 
 def evaluate_trivial(video, tasks, e):
@@ -141,16 +154,24 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tasks = tasks_of(e.benchmark)
   root, names, load = benchmark_data(config, workdir)
   predictor = Predictor(config)
+  # The paper's inference from the same forward passes, where ours differs from it.
+  paper = (Predictor(paper_inference_config(config))
+           if e.paper_inference and not uses_paper_inference(config)
+           and any(t in tasks for t in scores.DISCOVERY_TASKS) else None)
   methods = {"trained": trained_variables(config, workdir),
              "untrained": untrained_variables(config)}
   console.say(f"evaluating {e.params} of {methods['trained'][1].describe()}")
   out_dir = os.path.join(workdir, EVAL_DIR, e.benchmark)
-  tables = {m: scores.Scores(e.pck_thresholds) for m in (*methods, "trivial")}
+  rows = (*methods, *([PAPER_METHOD] if paper else []), "trivial")
+  tables = {m: scores.Scores(e.pck_thresholds) for m in rows}
   began = time.time()
   for index, name in enumerate(names):
     video = load(name)
     for method, (variables, _) in methods.items():
-      values, predictions = evaluate_method(predictor, variables, video, tasks)
+      values, predictions = evaluate_method(predictor, variables, video, tasks,
+                                            paper if method == "trained" else None)
+      if PAPER_KEY in values:
+        tables[PAPER_METHOD].add(name, values.pop(PAPER_KEY))
       tables[method].add(name, values)
       if method == "trained":
         writers.write_predictions(out_dir, video, predictions, overlay=index < e.overlays)
@@ -159,6 +180,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     console.say(f"evaluated {name} ({index + 1}/{len(names)}) | ETA {eta / 60:.1f} min")
   summary = {m: table.summary() for m, table in tables.items()}
   weights = {m: w for m, (_, w) in methods.items()}
+  if paper:
+    weights[PAPER_METHOD] = weights["trained"]
   writers.write_tables(out_dir, summary, tables, weights, e)
   writers.print_summary(summary, weights, e, len(names), root)
   print(f"results in {out_dir}: results.csv, per_video.csv and the trained model's predictions")

@@ -21,6 +21,20 @@ from smtc_jax.evaluation import discovery, pose, propagation
 from smtc_jax.models import smtc
 
 EVALUATED_PARAMS = ("params", "ema_params")  # eval.params: student | teacher
+# Discovery as the paper infers it (Sec. 3.5, 4.2): every eq. 11 candidate kept, no
+# background rule, each proposal's id its instance slot's.
+PAPER_INFERENCE = {"candidates": "eq11", "background": "none", "tracks": "slots"}
+
+
+def uses_paper_inference(config: ml_collections.ConfigDict) -> bool:
+  return all(config.eval[k] == v for k, v in PAPER_INFERENCE.items())
+
+
+def paper_inference_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose discovery follows the paper (PAPER_INFERENCE)."""
+  paper = ml_collections.ConfigDict(config.to_dict())
+  paper.eval.update(PAPER_INFERENCE)
+  return paper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,11 +124,16 @@ class Predictor:
 
   def proposals(self, variables, frames):
     """(proposals, semantic): (F, H, W) uint8 label maps of a (F, H, W, 3) video."""
+    return self.proposals_of_clips(self.clips(variables, frames), frames.shape[:3])
+
+  def proposals_of_clips(self, clips, video_shape):
+    """(proposals, semantic) from the model outputs of a video's clips (`clips`),
+    by this predictor's inference rules; video_shape: (F, H, W)."""
     e = self.config.eval
     return discovery.discover(
-        self.clips(variables, frames), frames.shape[0], frames.shape[1:3], self.grid,
-        self.candidates, e.max_proposals, e.first_stage_only, background=e.background,
-        border_ratio=e.border_ratio, tracking=self.tracking)
+        clips, video_shape[0], video_shape[1:3], self.grid, self.candidates, e.max_proposals,
+        e.first_stage_only, background=e.background, border_ratio=e.border_ratio,
+        tracking=self.tracking)
 
   def feature_size(self, image_size):
     """Frames for label propagation keep their resolution (or are scaled so their

@@ -15,7 +15,15 @@ COLUMNS = {"iou": "single-object IoU", "jf_discovery": "multi-object J&F",
            "jf_propagation": "label propagation J&F", "miou": "part mIoU"}
 SHORT = {"iou": "IoU", "jf_discovery": "J&F disc.", "jf_propagation": "J&F prop.",
          "miou": "mIoU"}
-LABELS = {"trained": "trained", "untrained": "untrained", "trivial": "trivial*"}
+LABELS = {"trained": "trained", "trained_paper": "trained**", "untrained": "untrained",
+          "trivial": "trivial*"}
+
+
+def _cell(row: dict, key: str, width: int = 0) -> str:
+  """A score to 4 (file) or 3 (console, `width`) digits; '' / '-' where the row has none."""
+  if key not in row:
+    return f"{'-':>{width}s}" if width else ""
+  return f"{row[key]:{width}.3f}" if width else f"{row[key]:.4f}"
 
 
 def overlay_strip(frames, semantic, proposals, every: int = 4) -> np.ndarray:
@@ -75,13 +83,13 @@ def write_tables(out_dir: str, summary: dict, tables: dict, weights: dict, e) ->
       source = weights.get(method)
       step = "" if source is None or source.step is None else source.step
       writer.writerow([method, "" if source is None else source.source, step] +
-                      [f"{row[k]:.4f}" for k in keys])
+                      [_cell(row, k) for k in keys])
   with open(os.path.join(out_dir, "per_video.csv"), "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["method", "video"] + keys)
     for method, table in tables.items():
       for row in table.per_video:
-        writer.writerow([method, row["video"]] + [f"{row[k]:.4f}" for k in keys])
+        writer.writerow([method, row["video"]] + [_cell(row, k) for k in keys])
 
 
 def print_summary(summary: dict, weights: dict, e, count: int, root: str) -> None:
@@ -110,6 +118,9 @@ def print_summary(summary: dict, weights: dict, e, count: int, root: str) -> Non
           f"top {e.prop_topk}, {e.prop_video_len} context frames, temperature {e.prop_temperature:g}")
   print(f"{'method':12s} " + " ".join(f"{SHORT.get(k, k.upper()):>10s}" for k in keys))
   for method, row in summary.items():
-    print(f"{LABELS[method]:12s} " + " ".join(f"{row[k]:10.3f}" for k in keys))
+    print(f"{LABELS[method]:12s} " + " ".join(_cell(row, k, 10) for k in keys))
   print("* trivial: whole frame as one object (discovery); frame 0's labels or keypoints "
         "copied to every frame (propagation)")
+  if "trained_paper" in summary:
+    print("** the trained model's discovery with the paper's inference: eq. 11 candidates, "
+          "no background rule, the instance slots' ids")
