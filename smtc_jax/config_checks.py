@@ -17,7 +17,7 @@ from smtc_jax import matching
 from smtc_jax.data import photo_videos
 from smtc_jax.data import pipeline
 from smtc_jax.data import synthetic
-from smtc_jax.evaluation import discovery, evaluate
+from smtc_jax.evaluation import discovery, evaluate, monitor
 from smtc_jax.models import smtc
 
 # The values each string option takes (the modules branch on exactly these).
@@ -301,9 +301,12 @@ def check_eval(config, mode: str) -> list[str]:
   out += _discovery_size(config, "eval.discovery_resolution", "the training size")
   if e.benchmark == "jhmdb":
     out += one_of(config, "eval.split", JHMDB_SPLITS)
-  if mode == "eval" and e.benchmark in evaluate.TASKS and e.benchmark != "synthetic":
+  watched = (mode == "train" and config.train.eval_every and monitor.watched_tasks(e.benchmark))
+  if (mode == "eval" or watched) and e.benchmark in evaluate.TASKS and e.benchmark != "synthetic":
     if not e.data_path:
-      out.append(f"eval.benchmark={e.benchmark!r} needs eval.data_path (the benchmark's folder)")
+      reader = "" if mode == "eval" else ", which the watch reads every train.eval_every steps"
+      out.append(f"eval.benchmark={e.benchmark!r} needs eval.data_path (the benchmark's "
+                 f"folder{reader})")
     elif "://" not in e.data_path and not os.path.isdir(e.data_path):
       out.append(f"eval.data_path={e.data_path!r} is not a folder")
   return out

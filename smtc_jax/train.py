@@ -406,6 +406,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   source = pipeline.make_source(config, workdir)
   data_iter = pipeline.training_iterator(config, source, process_index=jax.process_index(),
                                          process_count=jax.process_count())
+  console.say(f"data: {source}")
+  watching, watch_line = monitor.watch_plan(config)
+  console.say(watch_line)  # before the model compiles: what the figures will be of
+  discovery_monitor = (monitor.TrainingMonitor(config, workdir)
+                       if watching and jax.process_index() == 0 else None)
   model, optimizer, state, state_sharding = build(config, mesh)
   manager = checkpoint.make_manager(workdir, config)
   state, data_iter = checkpoint.restore_latest(manager, state, data_iter, set_aside=True)
@@ -413,9 +418,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mirror = run_logs.mirror_for(config, workdir)
   writer = MetricWriter(logdir, mirror=mirror)
   start, t = int(state.step), config.train
-  discovery_monitor = (monitor.TrainingMonitor(config, workdir)
-                       if t.eval_every and jax.process_index() == 0 else None)
-  console.say(f"data: {source}")
   console.say(f"{'resuming at' if start else 'starting at'} step {start} of {t.num_steps} on "
               f"{jax.device_count()} device(s) ({microbatches} micro-batch(es) a step); a progress "
               f"line every {t.log_every} steps, "

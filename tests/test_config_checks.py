@@ -119,7 +119,20 @@ def test_combinations_the_code_cannot_run_are_named():
 def test_mode_and_workdir_requirements():
   config = _config()
   config.eval.benchmark = "davis2017"
+  # The in-training watch reads the named benchmark too: its folder is checked
+  # at start-up, not at the first evaluation; without a watch it is not needed.
+  assert config_checks.problems(config, "train", "/tmp/w") == [
+      "eval.benchmark='davis2017' needs eval.data_path (the benchmark's folder, which the watch "
+      "reads every train.eval_every steps)"]
+  config.eval.data_path = "/no/such/davis"
+  assert config_checks.problems(config, "train", "/tmp/w") == [
+      "eval.data_path='/no/such/davis' is not a folder"]
+  config.eval.data_path = ""
+  config.train.eval_every = 0
   assert config_checks.problems(config, "train", "/tmp/w") == []
+  config.eval.benchmark, config.train.eval_every = "jhmdb", 250  # nothing for the watch to score
+  assert config_checks.problems(config, "train", "/tmp/w") == []
+  config.eval.benchmark = "davis2017"
   assert config_checks.problems(config, "eval", "/tmp/w") == [
       "eval.benchmark='davis2017' needs eval.data_path (the benchmark's folder)"]
   assert config_checks.problems(_config(), "train", "gs://bucket/run") == [

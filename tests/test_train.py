@@ -15,7 +15,9 @@ import pytest
 
 from configs import gpu, tiny, tpu_v4
 from smtc_jax import checkpoint, sharding, train
+from smtc_jax.evaluation import monitor
 from smtc_jax.models import smtc
+from tests import benchmark_layouts as layouts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -264,7 +266,7 @@ def _youtube_vos(root, videos=4, frames=9, size=48):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", [tpu_v4, gpu])
-def test_the_paper_recipe_trains_on_one_cpu_device_at_tiny_shapes(tmp_path, recipe):
+def test_the_paper_recipe_trains_on_one_cpu_device_at_tiny_shapes(tmp_path, recipe, capsys):
   # The recipe unchanged (global batch 128, lr, data layout, microbatch): only
   # the shapes, the step count and the host's decoding processes are made small.
   config = tiny.shrink(recipe.get_config())
@@ -273,10 +275,47 @@ def test_the_paper_recipe_trains_on_one_cpu_device_at_tiny_shapes(tmp_path, reci
   config.data.num_workers = 0
   config.train.num_steps = 1
   config.train.async_checkpoints = False
+  # The watch on the user's frames: nothing when no benchmark is named (tpu_v4),
+  # the named one when there is (gpu: a DAVIS-2016 folder, scored by IoU alone).
+  config.train.eval_every = 1
+  if recipe is gpu:
+    config.eval.benchmark, config.eval.data_path = "davis2016", str(tmp_path / "davis2016")
+    config.train.eval_videos = 1
+    layouts.write_davis2016(config.eval.data_path, layouts.videos(1, frames=4))
   _youtube_vos(tmp_path / "ytvos")
   metrics = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert np.isfinite(metrics["loss"])
   assert os.path.isdir(tmp_path / "run" / "checkpoints" / "1")
+  assert not os.path.exists(tmp_path / "run" / "synthetic_data")  # nothing read it
+  out = capsys.readouterr().out
+  with open(tmp_path / "run" / "metrics.jsonl") as f:
+    logged = set().union(*(json.loads(line) for line in f))
+  if recipe is gpu:
+    assert (f"watch: iou on the first 1 videos of davis2016 ({config.eval.data_path}) every 1 "
+            f"steps") in out
+    assert "eval at step 1 (1 video at" in out
+    assert "eval/iou" in logged and "eval/jf_discovery" not in logged
+  else:
+    assert "watch: off: training reads data.source='frames' and no benchmark is named" in out
+    assert "eval at step" not in out and not any(k.startswith("eval/") for k in logged)
+
+
+def test_the_watch_evaluates_the_synthetic_set_only_when_training_reads_it():
+  config = tiny.get_config()
+  config.data.source, config.train.eval_every, config.train.eval_videos = "synthetic", 50, 2
+  assert monitor.watch_plan(config) == (
+      True, "watch: iou and jf_discovery on the first 2 videos of synthetic (the workdir's "
+            "synthetic set) every 50 steps")
+  config.data.source = "tfds"
+  watching, line = monitor.watch_plan(config)
+  assert not watching and "training reads data.source='tfds' and no benchmark is named" in line
+  config.eval.data_path = "/data/my_synthetic_val"  # a synthetic set the user names is watched
+  assert monitor.watch_plan(config)[0]
+  config.eval.benchmark, config.eval.data_path = "vip", "/data/vip"
+  assert monitor.watch_plan(config) == (
+      False, "watch: off: eval.benchmark='vip' has no object-discovery score (--mode=eval scores it)")
+  config.train.eval_every = 0
+  assert monitor.watch_plan(config) == (False, "watch: off (train.eval_every=0)")
 
 
 SHARDED_SCRIPT = r"""
