@@ -322,6 +322,9 @@ def check_workdir(config, mode: str, workdir: str) -> list[str]:
   if (mode in ("train", "pretrain") and "://" in workdir and config.data.source == "synthetic"
       and not config.data.path):
     out.append(f"workdir {workdir} is remote: data.source='synthetic' needs a local data.path")
+  if mode == "eval" and "://" in workdir:  # its tables and masks are written with os calls
+    out.append(f"workdir {workdir} is remote: --mode=eval writes its results locally; copy "
+               f"{workdir}/export into a local folder's export/ and give that folder as --workdir")
   return out
 
 

@@ -64,6 +64,10 @@ def test_the_pod_config_takes_a_gs_workdir_without_a_logdir(tmp_path):
   config.data.path = str(tmp_path)
   assert not [p for p in config_checks.problems(config, "train", "gs://bucket/run")
               if "workdir" in p or "logdir" in p]
+  # --mode=eval writes with local file calls: one line, not a local folder named "gs:".
+  assert config_checks.problems(config, "eval", "gs://bucket/run")[-1] == (
+      "workdir gs://bucket/run is remote: --mode=eval writes its results locally; copy "
+      "gs://bucket/run/export into a local folder's export/ and give that folder as --workdir")
   config.train.logdir = "gs://bucket/logs"
   assert "train.logdir='gs://bucket/logs' must be a local folder" in "\n".join(
       config_checks.problems(config, "train", "gs://bucket/run"))
