@@ -162,7 +162,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "untrained": untrained_variables(config)}
   console.say(f"evaluating {e.params} of {methods['trained'][1].describe()}")
   out_dir = os.path.join(workdir, EVAL_DIR, e.benchmark)
-  rows = (*methods, *([PAPER_METHOD] if paper else []), "trivial")
+  rows = ("trained", *([PAPER_METHOD] if paper else []), "untrained", "trivial")
   tables = {m: scores.Scores(e.pck_thresholds) for m in rows}
   began = time.time()
   for index, name in enumerate(names):

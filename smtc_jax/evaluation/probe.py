@@ -1,0 +1,100 @@
+"""How well an encoder's features tell objects from background: a linear probe.
+
+For the workdir's trained weights and the untrained model, the encoder's features
+(eval.prop_features, at the propagation size) of every frame of the benchmark's
+training split fit a ridge-regression classifier of each feature cell's label
+(object: most of the cell's pixels are some object; background otherwise); the
+classifier is scored on the evaluated split as balanced accuracy (the mean of the
+object and background recalls: 0.5 is chance, whatever the share of objects).
+Supervised, so not a figure of the method: a diagnosis of whether the features
+hold what discovery needs, apart from how the slots group them.
+
+  python -m smtc_jax.evaluation.probe --config configs/cpu_synthetic.py --workdir W \\
+      [--config.eval.benchmark=davis2017 --config.eval.data_path=SET]
+"""
+
+import ml_collections
+import numpy as np
+
+from smtc_jax.evaluation import davis, evaluate, predictor as predictor_lib
+
+PROBE_RIDGE = 1e-2  # ridge penalty on standardised features
+TRAIN_SPLIT = "train"
+
+
+def cell_labels(labels: np.ndarray, grid) -> np.ndarray:
+  """(F, h, w) bool: a cell is object when over half its pixels are (void = background)."""
+  f, height, width = labels.shape
+  h, w = grid
+  fg = ((labels > 0) & (labels != davis.VOID_LABEL)).astype(np.float32)
+  fg = fg[:, : height // h * h, : width // w * w]
+  return fg.reshape(f, h, height // h, w, width // w).mean((2, 4)) > 0.5
+
+
+def fit_ridge(features: np.ndarray, targets: np.ndarray, ridge: float = PROBE_RIDGE):
+  """A linear classifier of bool `targets` (N,) from `features` (N, D), classes
+  weighted equally: (mean, std, weights (D+1,)) for `predict`."""
+  mean, std = features.mean(0), features.std(0) + 1e-6
+  x = np.concatenate([(features - mean) / std, np.ones((len(features), 1))], 1)
+  y = np.where(targets, 1.0, -1.0)
+  balance = np.where(targets, 0.5 / max(targets.mean(), 1e-6), 0.5 / max(1 - targets.mean(), 1e-6))
+  xw = x * balance[:, None]
+  weights = np.linalg.solve(x.T @ xw + ridge * len(x) * np.eye(x.shape[1]), xw.T @ y)
+  return mean, std, weights
+
+
+def predict(model, features: np.ndarray) -> np.ndarray:
+  mean, std, weights = model
+  return ((features - mean) / std) @ weights[:-1] + weights[-1] > 0
+
+
+def balanced_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
+  recalls = [(predicted[truth == c] == c).mean() for c in (True, False) if (truth == c).any()]
+  return float(np.mean(recalls))
+
+
+def _cells(predictor, variables, config, workdir, split):
+  """(features (N, D), object (N,)) of every cell of every frame of a split."""
+  split_config = ml_collections.ConfigDict(config.to_dict())
+  split_config.eval.split = split
+  _, names, load = evaluate.benchmark_data(split_config, workdir)
+  feats, labels = [], []
+  for name in names:
+    video = load(name)
+    truth = scores_truth(video)
+    f = np.asarray(predictor.features(variables, video.frames))  # (F, h, w, D)
+    feats.append(f[video.annotated].reshape(-1, f.shape[-1]))
+    labels.append(cell_labels(truth[video.annotated], f.shape[1:3]).reshape(-1))
+  return np.concatenate(feats), np.concatenate(labels)
+
+
+def scores_truth(video):
+  return video.unsupervised_labels if video.unsupervised_labels is not None else video.labels
+
+
+def probe(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """{'trained': accuracy, 'untrained': accuracy} of the linear probe (module doc)."""
+  predictor = predictor_lib.Predictor(config)
+  methods = {"trained": predictor_lib.trained_variables(config, workdir)[0],
+             "untrained": predictor_lib.untrained_variables(config)[0]}
+  out = {}
+  for method, variables in methods.items():
+    train_x, train_y = _cells(predictor, variables, config, workdir, TRAIN_SPLIT)
+    test_x, test_y = _cells(predictor, variables, config, workdir, config.eval.split)
+    model = fit_ridge(train_x, train_y)
+    out[method] = balanced_accuracy(predict(model, test_x), test_y)
+    print(f"{method}: object/background linear probe, balanced accuracy {out[method]:.3f} "
+          f"({len(train_y)} training cells, {len(test_y)} {config.eval.split} cells, "
+          f"{test_y.mean():.2f} object)")
+  return out
+
+
+def main(argv):
+  del argv
+  probe(main_lib.FLAGS.config, main_lib.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from smtc_jax import main as main_lib  # pylint: disable=g-import-not-at-top  (its flags)
+  app.run(main)

@@ -1,0 +1,25 @@
+"""The object/background linear probe of encoder features (evaluation/probe.py)."""
+
+import numpy as np
+
+from smtc_jax.evaluation import probe
+
+
+def test_a_cell_is_object_when_most_of_its_pixels_are():
+  labels = np.zeros((1, 4, 4), np.uint8)
+  labels[0, :2, :2] = 1  # the top-left cell is all object
+  labels[0, 2, 2] = 3  # one pixel of four: background
+  labels[0, :2, 2:] = 255  # void counts as background
+  np.testing.assert_array_equal(probe.cell_labels(labels, (2, 2))[0], [[True, False], [False, False]])
+
+
+def test_the_probe_finds_a_linear_boundary_and_chance_is_one_half():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2000, 8))
+  y = x[:, 3] - 0.5 * x[:, 5] > 1.0  # a rare class (~13 %), linear in two features
+  model = probe.fit_ridge(x[:1000], y[:1000])
+  assert probe.balanced_accuracy(probe.predict(model, x[1000:]), y[1000:]) > 0.9
+  noise = probe.fit_ridge(rng.normal(size=(1000, 8)), y[:1000])
+  assert abs(probe.balanced_accuracy(probe.predict(noise, x[1000:]), y[1000:]) - 0.5) < 0.1
+  # Saying "background" everywhere scores one half, however rare objects are.
+  assert probe.balanced_accuracy(np.zeros(1000, bool), y[1000:]) == 0.5
