@@ -51,6 +51,13 @@ def get_model_config() -> ml_collections.ConfigDict:
   # Fusion (eq. 3): R = h_f(F) + h_c(C) with two linear heads (paper), or
   # R = F + h_c(C) with h_f the identity (code).
   m.fusion = "paper"  # paper | reference
+  # What h_c reads (eq. 2-3): each token's correlation with every partner cell
+  # (global: the paper's C_tj, where the match lies in the frame), or the softmax
+  # of its cosine to the (2 corr_radius + 1)^2 partner cells around its own place,
+  # at corr_temperature (local, ours: how it moved, whatever it looks like).
+  m.correlation = "global"  # global | local
+  m.corr_radius = 3  # in cells of the training token grid
+  m.corr_temperature = 0.1
   # Slot-attention input (Table 6): fused R, RGB features only, correlation only.
   m.slot_input = "fused"  # fused | rgb | correlation
   # Semantic-aware masked slot attention (Sec. 3.3).

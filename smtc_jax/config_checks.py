@@ -28,6 +28,7 @@ HUE_SPACES = tuple(sorted(pipeline.HUE_ROTATIONS))
 CORR_PARTNERS = ("random", "previous")
 FUSIONS = ("paper", "reference")
 SLOT_INPUTS = ("fused", "rgb", "correlation")
+CORRELATIONS = ("global", "local")
 SLOT_UPDATES = ("gru", "residual")
 MASK_THRESHOLDS = ("prob", "logit")
 STAGES = ("both", "semantic", "instance")
@@ -123,6 +124,8 @@ def check_model(config) -> list[str]:
   m = config.model
   out = [*one_of(config, "model.encoder", ENCODERS), *one_of(config, "model.features", FEATURES),
          *one_of(config, "model.corr_partner", CORR_PARTNERS),
+         *one_of(config, "model.correlation", CORRELATIONS),
+         *at_least(config, "model.corr_radius", 1), *above(config, "model.corr_temperature", 0.0),
          *one_of(config, "model.fusion", FUSIONS), *one_of(config, "model.slot_input", SLOT_INPUTS),
          *one_of(config, "model.slot_update", SLOT_UPDATES),
          *one_of(config, "model.mask_threshold_on", MASK_THRESHOLDS),

@@ -17,6 +17,7 @@ CONFIGS = ["base", "reference", "tiny", "cpu_synthetic", "tpu_v4", "gpu"]
 STRING_OPTIONS = {
     "model.encoder": config_checks.ENCODERS, "model.features": config_checks.FEATURES,
     "model.corr_partner": config_checks.CORR_PARTNERS, "model.fusion": config_checks.FUSIONS,
+    "model.correlation": config_checks.CORRELATIONS,
     "model.slot_input": config_checks.SLOT_INPUTS, "model.slot_update": config_checks.SLOT_UPDATES,
     "model.mask_threshold_on": config_checks.MASK_THRESHOLDS, "model.stages": config_checks.STAGES,
     "model.sample_grad": config_checks.SAMPLE_GRADS, "model.dtype": config_checks.DTYPES,

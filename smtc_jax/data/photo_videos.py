@@ -32,6 +32,8 @@ from scipy import ndimage
 
 KINDS = ("photo_blobs", "photo_silhouettes")
 MOTORCYCLE = "motorcycle"  # skimage.data.stereo_motorcycle()'s left image
+SPEED = (0.4, 1.6)  # an object's drift, pixels a frame along each axis
+PAN = 0.06  # the camera's reach from the photograph's centre, a share of its sides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +86,27 @@ def _horse_mask() -> np.ndarray:
 
 def _smooth_curve(rng, num_frames: int, amplitude: float, curves: int = 1) -> np.ndarray:
   """(T, curves) slow curves in [-amplitude, amplitude]: the mean of two sines of
-  random period (a quarter of the video to twice it) and phase."""
+  random period (one to four times the video's length) and phase."""
   t = np.arange(num_frames, dtype=np.float32)[:, None]
-  periods = rng.uniform(num_frames / 4, 2 * num_frames, (2, curves))
+  periods = rng.uniform(num_frames, 4 * num_frames, (2, curves))
   phases = rng.uniform(0, 2 * np.pi, (2, curves))
   return amplitude * np.sin(2 * np.pi * t[None] / periods[:, None] + phases[:, None]).mean(0)
+
+
+def _path(rng, size: int, margin: float, num_frames: int) -> np.ndarray:
+  """(T, 2) x, y centres: a drift of SPEED pixels a frame per axis, turned back at
+  `margin` from the borders, plus a slow sway."""
+  low, high = margin, size - margin
+  position = rng.uniform(low, high, 2)
+  velocity = rng.uniform(*SPEED, 2) * rng.choice([-1.0, 1.0], 2)
+  out = []
+  for _ in range(num_frames):
+    out.append(position.copy())
+    position = position + velocity
+    bounced = (position < low) | (position > high)
+    velocity[bounced] = -velocity[bounced]
+    position = np.clip(position, low, high)
+  return np.stack(out) + _smooth_curve(rng, num_frames, 0.04 * size, 2)
 
 
 def _sample(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -106,7 +124,7 @@ def _background(rng, family: Family, size: int, num_frames: int):
   h, w = image.shape[:2]
   side = min(h, w) * (rng.uniform(*family.zoom) + _smooth_curve(rng, num_frames, 0.08)[:, 0])
   centre = np.stack([np.full(num_frames, h / 2.0), np.full(num_frames, w / 2.0)], 1)
-  centre = centre + _smooth_curve(rng, num_frames, 0.25, 2) * np.array([h, w]) / 2
+  centre = centre + _smooth_curve(rng, num_frames, PAN, 2) * np.array([h, w])
   grid = (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5) / size - 0.5  # (2, S, S)
   frames = [_sample(image, c[0] + s * grid[0], c[1] + s * grid[1])
             for c, s in zip(centre, side)]
@@ -161,9 +179,8 @@ def generate_video(rng, kind: str, size: int, num_frames: int, noise: float = 3.
     inside = _shape(rng, str(rng.choice(family.shapes)))
     colours = _fill(rng, family)
     radius = rng.uniform(0.13, 0.22) * size * (1 + _smooth_curve(rng, num_frames, 0.15)[:, 0])
-    margin = 0.6 * radius.max()
-    path = (size / 2 + _smooth_curve(rng, num_frames, size / 2 - margin, 2))  # (T, 2) x, y
-    angle = rng.uniform(0, 2 * np.pi) + _smooth_curve(rng, num_frames, 0.6)[:, 0]
+    path = _path(rng, size, 0.6 * radius.max(), num_frames)  # (T, 2) x, y
+    angle = rng.uniform(0, 2 * np.pi) + _smooth_curve(rng, num_frames, 0.5)[:, 0]
     for f in range(num_frames):
       dx, dy = (x - path[f, 0]) / radius[f], (y - path[f, 1]) / radius[f]
       u = np.cos(angle[f]) * dx + np.sin(angle[f]) * dy

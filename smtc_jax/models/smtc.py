@@ -60,6 +60,38 @@ def check_features(name: str, encoder: nn.Module, field: str) -> str:
   return FEATURES[name]
 
 
+def window_indices(grid, partner_grid, radius: int):
+  """(L, K) flat partner-grid indices of the (2r+1)^2 cells around each token's
+  position, and (L, K) bool: inside the partner grid. A token at cell (y, x) of
+  `grid` sits at cell (y * gh / h, x * gw / w) of `partner_grid` (gh, gw), so a
+  displacement is counted in partner cells at any input size."""
+  h, w = grid
+  gh, gw = partner_grid
+  ys = (jnp.arange(h) * gh) // h  # (h,)
+  xs = (jnp.arange(w) * gw) // w
+  offsets = jnp.arange(-radius, radius + 1)
+  rows = ys[:, None, None, None] + offsets[None, None, :, None]  # (h, 1, k, 1)
+  cols = xs[None, :, None, None] + offsets[None, None, None, :]  # (1, w, 1, k)
+  rows, cols = jnp.broadcast_arrays(rows, cols)  # (h, w, k, k)
+  inside = (rows >= 0) & (rows < gh) & (cols >= 0) & (cols < gw)
+  flat = jnp.clip(rows, 0, gh - 1) * gw + jnp.clip(cols, 0, gw - 1)
+  return flat.reshape(h * w, -1), inside.reshape(h * w, -1)
+
+
+def local_correlation(tokens, partner_grid, grid, radius: int, temperature: float):
+  """Where each token went in the partner frame, whatever it looks like: the
+  softmax over the (2r+1)^2 partner cells around its position of their cosine
+  similarity to it, over `temperature`. tokens: (B, T, L, D) on `grid`;
+  partner_grid: (B, T, gh, gw, D). Returns (B, T, L, (2r+1)^2)."""
+  b, t, gh, gw, d = partner_grid.shape
+  index, inside = window_indices(grid, (gh, gw), radius)
+  unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+  neighbours = jnp.take(unit(partner_grid).reshape(b, t, gh * gw, d), index, axis=2)  # (B,T,L,K,D)
+  cosine = jnp.einsum("btld,btlkd->btlk", unit(tokens), neighbours)
+  logits = jnp.where(inside, cosine / temperature, -jnp.inf)
+  return jax.nn.softmax(logits, axis=-1)
+
+
 def resize_grid(feats, grid):
   """Bilinear resize of (N, h, w, D) features to grid (gh, gw), without
   antialiasing, as torch's F.interpolate(mode='bilinear') does."""
@@ -87,6 +119,9 @@ class SMTC(nn.Module):
   features: str = "tokens"  # tokens | last_keys
   corr_partner: str = "random"
   corr_grid: tuple[int, int] = (16, 16)
+  correlation: str = "global"  # global (eq. 2) | local (local_correlation; ours)
+  corr_radius: int = 3
+  corr_temperature: float = 0.1
   fusion: str = "paper"  # paper | reference
   slot_input: str = "fused"  # fused | rgb | correlation
   object_head_ratio: int = 2
@@ -108,8 +143,14 @@ class SMTC(nn.Module):
     grid = resize_grid(feats.reshape(b * t, h, w, d), self.corr_grid)
     grid = grid.reshape(b, t, -1, d)  # (B, T, G, D)
     partner_feats = jnp.take_along_axis(grid, partner[:, :, None, None], axis=1)
-    corr = jnp.einsum("btld,btgd->btlg", tokens, partner_feats)  # C_tj, (B, T, L, G)
-    return nn.Dense(d, dtype=self.dtype, name="h_c")(corr)  # linear over the G axis
+    if self.correlation == "local":
+      corr = local_correlation(tokens, partner_feats.reshape(b, t, *self.corr_grid, d), (h, w),
+                               self.corr_radius, self.corr_temperature)  # (B, T, L, K)
+    elif self.correlation == "global":
+      corr = jnp.einsum("btld,btgd->btlg", tokens, partner_feats)  # C_tj, (B, T, L, G)
+    else:
+      raise ValueError(f"model.correlation must be 'global' or 'local', got {self.correlation!r}")
+    return nn.Dense(d, dtype=self.dtype, name="h_c")(corr)  # linear over the last axis
 
   def feature_head(self, tokens):
     """h_f(F_t) (eq. 3): a linear head (paper) or the identity (code)."""
@@ -230,6 +271,8 @@ def build_model(config: ml_collections.ConfigDict) -> SMTC:
       encoder=build_encoder(config), slot_attention=slot_attention,
       features=m.features, corr_partner=m.corr_partner,
       corr_grid=tuple(r // stride for r in config.data.resolution),
+      correlation=m.correlation, corr_radius=m.corr_radius,
+      corr_temperature=m.corr_temperature,
       fusion=m.fusion, slot_input=m.slot_input,
       object_head_ratio=m.object_head_ratio, dtype=dtype)
 
