@@ -15,7 +15,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from etils import epath
+
 from smtc_jax import console
+from smtc_jax import run_config
 
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "export"
@@ -41,13 +44,66 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Checkpo
   return ocp.CheckpointManager(_resolve(os.path.join(workdir, CHECKPOINT_DIR)), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iter) -> None:
-  """Save state and data iterator as checkpoint `step` (the loop decides when).
-  Orbax writes into `<step>.orbax-checkpoint-tmp` and renames it when complete,
-  so a save killed half-way never shadows the previous checkpoint."""
+def save(manager: ocp.CheckpointManager, step: int, state, data_iter,
+         config: ml_collections.ConfigDict) -> None:
+  """Save state, data iterator and the run's config as checkpoint `step` (the
+  loop decides when). Orbax writes into `<step>.orbax-checkpoint-tmp` and
+  renames it when complete, so a save killed half-way never shadows the
+  previous checkpoint."""
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)),
-               force=True)
+               force=True, custom_metadata=_config_metadata(config))
+
+
+def _config_metadata(config) -> dict | None:
+  """Orbax custom metadata holding a config (a ConfigDict or its plain dict)."""
+  if config is None:
+    return None
+  trained = config if isinstance(config, dict) else run_config.plain(config)
+  return {run_config.CONFIG_KEY: trained}
+
+
+def stored_config(path) -> dict | None:
+  """The config a checkpoint step folder or an export was written with; None
+  for one written without (an earlier version, a converted PyTorch model)."""
+  metadata = epath.Path(path) / run_config.METADATA_FILE
+  if not metadata.exists():
+    return None
+  custom = json.loads(metadata.read_text()).get("custom_metadata") or {}
+  return custom.get(run_config.CONFIG_KEY)
+
+
+def check_trained_model(path, config) -> None:
+  """ConfigMismatch if the weights at `path` were trained under other model
+  fields than `config`'s; a warning line if they hold no config to compare."""
+  trained = stored_config(path)
+  if trained is None:
+    logging.warning("%s holds no config (written by an earlier version or converted): its model "
+                    "fields cannot be compared with the given config", path)
+  else:
+    run_config.check_model(trained, config, str(path))
+
+
+def check_resume(directory: str, config: ml_collections.ConfigDict,
+                 resumable=run_config.RESUMABLE) -> list[str]:
+  """Before a resume from the checkpoints in `directory`: ConfigMismatch if
+  any step's config differs from `config` in a field outside `resumable`;
+  else the changed resumable fields of the newest step ('field=old -> new').
+  Steps without a readable config are passed over (the restore judges them)."""
+  root = epath.Path(_resolve(directory))
+  if not root.exists():
+    return []
+  steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True)
+  changes = None
+  for step in steps:
+    try:
+      trained = stored_config(root / str(step))
+    except (OSError, ValueError):  # damaged metadata: the restore sets the step aside
+      continue
+    if trained is not None:
+      found = run_config.check_resume(trained, config, str(root / str(step)), resumable)
+      changes = found if changes is None else changes
+  return changes or []
 
 
 def restore_latest(manager: ocp.CheckpointManager, state, data_iter=None, *,
@@ -68,14 +124,20 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iter=None, *,
   return (state, data_iter) if found is None else found[1]
 
 
-def _newest_readable(manager: ocp.CheckpointManager, restore, *, set_aside: bool):
-  """(step, restore(step)) of the newest step that reads back on every process,
-  None if there is no step; newer unreadable steps are reported (and set aside,
-  see restore_latest); if none reads back, a ValueError names every step."""
+def _newest_readable(manager: ocp.CheckpointManager, restore, *, set_aside: bool,
+                     above: int | None = None, fallback: str = ""):
+  """(step, restore(step)) of the newest step (above `above`, if given) that
+  reads back on every process, None if there is no such step; newer unreadable
+  steps are reported (and set aside, see restore_latest); if none reads back, a
+  ValueError names every step, unless there is a `fallback` (what is read
+  instead, named in each step's warning). A ConfigMismatch is raised as it is."""
   failures = []
-  for step in sorted(manager.all_steps(), reverse=True):
+  steps = [s for s in manager.all_steps() if above is None or s > above]
+  for step in sorted(steps, reverse=True):
     try:
       restored, error = restore(step), None
+    except run_config.ConfigMismatch:
+      raise
     except Exception as e:  # pylint: disable=broad-except  # any damage; reported below
       logging.info("checkpoint step %d does not read back", step, exc_info=e)  # log file only
       restored, error = None, e
@@ -89,11 +151,15 @@ def _newest_readable(manager: ocp.CheckpointManager, restore, *, set_aside: bool
         multihost_utils.sync_global_devices("smtc_jax: unreadable checkpoints set aside")
       manager.reload()
     return step, restored
-  if failures:
+  if failures and fallback:
+    for bad, why in failures:
+      _report_unreadable(manager, bad, why, fallback, False)
+  elif failures:
     listed = "; ".join(f"step {step}: {why}" for step, why in failures)
     raise ValueError(f"no checkpoint in {manager.directory} reads back ({listed}). If the config "
                      f"changed since they were written, run with the one they were written with "
-                     f"(config.json); to start afresh, move the folder away")
+                     f"({run_config.STORED} in each step's folder; the workdir's config.json); "
+                     f"to start afresh, move the folder away")
   return None
 
 
@@ -149,15 +215,17 @@ def _on_every_process(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
 
 
-def _report_unreadable(manager: ocp.CheckpointManager, step: int, why: str, resumed: int,
+def _report_unreadable(manager: ocp.CheckpointManager, step: int, why: str, resumed,
                        set_aside: bool) -> None:
-  """One warning line; with `set_aside`, process 0 renames the step's folder."""
+  """One warning line; with `set_aside`, process 0 renames the step's folder.
+  `resumed`: the step used instead, or a description of what is."""
   if set_aside and jax.process_index() == 0:
     logging.warning("checkpoint step %d does not read back (%s): moved to %s; resuming from "
                     "step %d", step, why, _set_aside(manager, step), resumed)
   else:
-    logging.warning("checkpoint step %d (%s) does not read back (%s); using step %d", step,
-                    manager.directory / str(step), why, resumed)
+    used = f"step {resumed}" if isinstance(resumed, int) else resumed
+    logging.warning("checkpoint step %d (%s) does not read back (%s); using %s", step,
+                    manager.directory / str(step), why, used)
 
 
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
@@ -199,9 +267,9 @@ def weights_of(state) -> dict:
   return tree
 
 
-def export_params(state, directory: str) -> str:
+def export_params(state, directory: str, config=None) -> str:
   """Write weights_of(state) as an Orbax checkpoint; never over an existing one."""
-  return export_params_tree(weights_of(state), directory)
+  return export_params_tree(weights_of(state), directory, config)
 
 
 def latest_step(workdir: str) -> int | None:
@@ -215,12 +283,16 @@ def latest_step(workdir: str) -> int | None:
   return step
 
 
-def latest_weights(workdir: str, abstract_variables) -> dict | None:
+def latest_weights(workdir: str, abstract_variables, config: ml_collections.ConfigDict,
+                   above: int | None = None, fallback: str = "") -> dict | None:
   """The weights_of() tree of the workdir's newest readable checkpoint as numpy
   arrays (newer unreadable ones get a warning line), None without one. Only
   those leaves are read (Orbax partial restore): no optimizer state, data
   iterator or init.checkpoint. abstract_variables: the model's variables as
-  shapes ({'params'} and 'batch_stats' if any)."""
+  shapes ({'params'} and 'batch_stats' if any). A step trained under other
+  model fields than `config`'s is a ConfigMismatch, never read. With `above`,
+  only newer steps count; with a `fallback`, none readable is None (see
+  _newest_readable)."""
   if latest_step(workdir) is None:
     return None
   target = {"params": abstract_variables["params"], "ema_params": abstract_variables["params"],
@@ -231,21 +303,27 @@ def latest_weights(workdir: str, abstract_variables) -> dict | None:
   args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
       item=target, restore_args=restore_args, partial_restore=True))
   manager = ocp.CheckpointManager(_resolve(os.path.join(workdir, CHECKPOINT_DIR)))
+
+  def restore(step):
+    check_trained_model(manager.directory / str(step), config)
+    return manager.restore(step, args=args)["state"]
+
   try:
-    found = _newest_readable(manager, lambda step: manager.restore(step, args=args)["state"],
-                             set_aside=False)
+    found = _newest_readable(manager, restore, set_aside=False, above=above, fallback=fallback)
   finally:
     manager.close()
   return None if found is None else found[1]
 
 
-def export_params_tree(tree, directory: str) -> str:
-  """Write a params tree as an Orbax checkpoint; never over an existing one."""
+def export_params_tree(tree, directory: str, config=None) -> str:
+  """Write a params tree as an Orbax checkpoint; never over an existing one.
+  `config` (a ConfigDict or its stored dict), the config the weights were
+  trained under, goes with it (stored_config)."""
   directory = _resolve(directory)
   if not is_remote(directory) and os.path.exists(directory):
     raise FileExistsError(f"{directory} exists; remove it or export elsewhere")
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(directory, tree)
+  checkpointer.save(directory, tree, custom_metadata=_config_metadata(config))
   checkpointer.wait_until_finished()
   return directory
 

@@ -41,15 +41,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run_export(config, workdir: str, export_dir: str | None) -> None:
-  """Weights-only export (student, teacher, step) of the latest checkpoint."""
+  """Weights-only export (student, teacher, step) of the newest readable
+  checkpoint, with the config it was trained under; refused (ConfigMismatch)
+  if that differs from `config` in a model field."""
   from smtc_jax import checkpoint, console  # pylint: disable=g-import-not-at-top
   from smtc_jax.models import smtc  # pylint: disable=g-import-not-at-top
   abstract = smtc.abstract_variables(config, smtc.build_model(config))
-  weights = checkpoint.latest_weights(workdir, abstract)
+  weights = checkpoint.latest_weights(workdir, abstract, config)
   if weights is None:
     raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}")
+  trained = checkpoint.stored_config(
+      os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(int(weights["step"]))))
   out = checkpoint.export_params_tree(weights, export_dir or
-                                      os.path.join(workdir, checkpoint.EXPORT_DIR))
+                                      os.path.join(workdir, checkpoint.EXPORT_DIR), trained)
   console.say(f"exported step {int(weights['step'])} to {out}")
 
 

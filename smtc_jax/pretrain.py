@@ -32,6 +32,7 @@ import optax
 from smtc_jax import checkpoint
 from smtc_jax import console
 from smtc_jax import losses
+from smtc_jax import run_config
 from smtc_jax import run_logs
 from smtc_jax import sharding
 from smtc_jax import train
@@ -214,6 +215,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
     return out
   p = config.pretrain
   stage_dir = os.path.join(workdir, PRETRAIN_DIR)
+  train.check_resume(config, os.path.join(stage_dir, checkpoint.CHECKPOINT_DIR),
+                     run_config.PRETRAIN_RESUMABLE)
   logdir = train.log_dir(config, workdir)
   os.makedirs(logdir, exist_ok=True)
   train.save_config(config, logdir)
@@ -244,7 +247,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   stage = train.Stage(p.num_steps, lambda _: step_fn,
                       functools.partial(progress_line, num_steps=p.num_steps))
   state, _ = train.run_loop(config, stage, state, data_iter, mesh, manager, writer)
-  checkpoint.export_params_tree({"params": jax.device_get(state.ema_params)}, out)
+  checkpoint.export_params_tree({"params": jax.device_get(state.ema_params)}, out, config)
   console.say(f"pretrained encoder (the teacher's) exported to {out}")
   return out
 

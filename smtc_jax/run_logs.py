@@ -11,8 +11,8 @@ ends (preemption included). A pod user then finds everything of a run in the
 bucket, `tensorboard --logdir gs://BUCKET/run/tensorboard` works from any
 machine, and nothing is lost when the slice and its disks are deleted.
 
-Process 0 copies config.json, metrics.jsonl, TensorBoard's event files and its
-text logs; every other process copies only its own text log
+Process 0 copies config.json (and later runs' config.<n>.json), metrics.jsonl,
+TensorBoard's event files and its text logs; every other process copies only its own text log
 (`<mode>.process_<i>.log`). A run resumed on a fresh host first copies the
 bucket's metrics.jsonl and its text log back, so it appends to them instead of
 replacing them. A failed copy is one warning line: the run goes on.
@@ -30,9 +30,9 @@ import jax
 COPY_EVERY_S = 60.0
 LOCAL_ROOT = "smtc_jax_logs"  # under the temp dir: the default local folder of a gs:// workdir
 METRICS = "metrics.jsonl"
-CONFIG = "config.json"
 TENSORBOARD = "tensorboard"
 _OTHER_PROCESS_LOG = re.compile(r".*\.process_\d+\.log$")
+_CONFIGS = re.compile(r"^config(\.\d+)?\.json$")  # config.json and later runs' config.<n>.json
 
 
 def is_remote(path: str) -> bool:
@@ -77,7 +77,7 @@ class Mirror:
     out = [n for n in sorted(os.listdir(self.local))
            if os.path.isfile(os.path.join(self.local, n)) and _own_log(n, self.process_index)]
     if self.process_index == 0:
-      out += [n for n in (CONFIG, METRICS) if os.path.isfile(os.path.join(self.local, n))]
+      out += [n for n in sorted(os.listdir(self.local)) if n == METRICS or _CONFIGS.match(n)]
       for top, _, names in os.walk(os.path.join(self.local, TENSORBOARD)):
         out += sorted(os.path.relpath(os.path.join(top, n), self.local) for n in names)
     return out

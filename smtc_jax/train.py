@@ -19,6 +19,7 @@ from smtc_jax import checkpoint
 from smtc_jax import console
 from smtc_jax import losses
 from smtc_jax import preemption
+from smtc_jax import run_config
 from smtc_jax import run_logs
 from smtc_jax import sharding
 from smtc_jax.data import pipeline
@@ -364,10 +365,21 @@ def progress_line(step, scalars, steps_per_sec, *, num_steps) -> str:
           f"lr {scalars['lr']:.2e} | {steps_per_sec:.2f} steps/s | ETA {eta / 60:.1f} min")
 
 
-def save_config(config, logdir: str) -> None:
+def save_config(config, logdir: str) -> str | None:
+  """Process 0 writes the config into `logdir` as config.json, or config.<n>.json
+  beside the earlier runs' (run_config.save); returns that file."""
   if jax.process_index() == 0:
-    with open(os.path.join(logdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    return run_config.save(config, logdir)
+  return None
+
+
+def check_resume(config, directory: str, resumable=run_config.RESUMABLE) -> None:
+  """Refuse a resume from `directory`'s checkpoints under another config
+  (run_config.ConfigMismatch); a console line names the fields that may change
+  and did."""
+  changes = checkpoint.check_resume(directory, config, resumable)
+  if changes:
+    console.say(f"resuming {directory} with changed {'; '.join(changes)}")
 
 
 @jax.jit
@@ -400,6 +412,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding.make_mesh()
   sharding.check_batch_divisible(config.data.batch_size, mesh)
   microbatches = microbatches_per_step(config, mesh)  # a bad size fails before anything is built
+  # The config is checked against the checkpoints' before a file is written.
+  check_resume(config, os.path.join(workdir, checkpoint.CHECKPOINT_DIR))
   logdir = log_dir(config, workdir)
   os.makedirs(logdir, exist_ok=True)
   save_config(config, logdir)
@@ -492,7 +506,7 @@ def train_loop(config, stage: Stage, state, data_iter, mesh, manager, writer, wa
       console.say(f"eval at step {done} ({discovery_monitor.describe()}) | " +
                   " | ".join(f"{k[len('eval/'):]} {v:.3f}" for k, v in figures.items()))
     if save_now:
-      checkpoint.save(manager, done, state, data_iter)
+      checkpoint.save(manager, done, state, data_iter, config)
       last_saved = done
     if preempted:
       manager.wait_until_finished()

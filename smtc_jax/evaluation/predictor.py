@@ -56,28 +56,35 @@ def _export_step(tree) -> int | None:
 
 
 def trained_variables(config: ml_collections.ConfigDict, workdir: str):
-  """(variables, Weights) of the workdir's newest trained weights: the latest
-  checkpoint or WORKDIR/export, whichever has the later step (the export on a
-  tie: the same weights). An export without a step (converted from PyTorch)
-  counts as older than any checkpoint. eval.params picks student or teacher."""
+  """(variables, Weights) of the workdir's newest readable trained weights: the
+  newest checkpoint that reads back or WORKDIR/export, whichever has the later
+  step (the export on a tie: the same weights). An export without a step
+  (converted from PyTorch) counts as older than any checkpoint. Weights trained
+  under other model fields than `config`'s are refused (run_config.ConfigMismatch)
+  before they are read. eval.params picks student or teacher."""
   if config.eval.params not in EVALUATED_PARAMS:
     raise ValueError(f"eval.params must be one of {EVALUATED_PARAMS}, got {config.eval.params!r}")
   export_dir = os.path.join(workdir, checkpoint.EXPORT_DIR)
   export = checkpoint.load_params(export_dir) if os.path.isdir(export_dir) else None
   export_step = None if export is None else _export_step(export)
-  checkpoint_step = checkpoint.latest_step(workdir)
-  if export is not None and (checkpoint_step is None or
-                             (export_step is not None and export_step >= checkpoint_step)):
-    tree, weights = export, Weights("export", export_step, export_dir)
-  elif checkpoint_step is not None:
+  tree = None
+  if checkpoint.latest_step(workdir) is not None:
     model = smtc.build_model(config)
-    tree = checkpoint.latest_weights(workdir, smtc.abstract_variables(config, model))
+    # Only checkpoints newer than the export count; if none of those reads back, the export.
+    tree = checkpoint.latest_weights(
+        workdir, smtc.abstract_variables(config, model), config,
+        above=export_step, fallback=f"the export {export_dir} (step {export_step})"
+        if export is not None else "")
+  if tree is not None:
     step = int(tree["step"])  # the newest readable checkpoint's
     weights = Weights("checkpoint", step,
                       os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(step)))
     if export is not None:
       logging.warning("%s holds step %s, older than checkpoint step %d: evaluating the checkpoint",
-                      export_dir, export_step, checkpoint_step)
+                      export_dir, export_step, step)
+  elif export is not None:
+    checkpoint.check_trained_model(export_dir, config)
+    tree, weights = export, Weights("export", export_step, export_dir)
   else:
     raise FileNotFoundError(f"{workdir} has neither checkpoints ({checkpoint.CHECKPOINT_DIR}/) "
                             f"nor an export ({checkpoint.EXPORT_DIR}/) to evaluate")
