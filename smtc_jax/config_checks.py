@@ -106,6 +106,17 @@ def _all_within(config, field: str, low, high) -> list[str]:
   return [f"{field}={values!r}: every value must lie in [{low}, {high}]"]
 
 
+def _values(config, field: str, names: str, count: int, low, high, open_low=False) -> list[str]:
+  """`count` values (`names` says which), each in [low, high] (or (low, high]
+  with `open_low`): the pipeline and the model unpack exactly that many."""
+  values = tuple(_get(config, field))
+  fits = lambda v: (low < v if open_low else low <= v) and v <= high
+  if len(values) == count and all(fits(v) for v in values):
+    return []
+  span = f"({low}, {high})" if open_low else f"[{low}, {high}]"
+  return [f"{field}={values!r} must be {count} values ({names}), each in {span}"]
+
+
 def _below_one(config, field: str) -> list[str]:
   value = _get(config, field)
   return [] if 0.0 <= value < 1.0 else [f"{field}={value!r} must be in [0, 1)"]
@@ -177,6 +188,8 @@ def check_data(config, mode: str) -> list[str]:
   d = config.data
   out = [*one_of(config, "data.source", DATA_SOURCES), *one_of(config, "data.layout", LAYOUTS),
          *at_least(config, "data.num_frames", 1), *at_least(config, "data.gap", 1),
+         *_values(config, "data.mean", "R, G, B", 3, 0.0, 1.0),
+         *_values(config, "data.std", "R, G, B", 3, 0.0, float("inf"), open_low=True),
          *at_least(config, "data.batch_size", 1), *at_least(config, "data.num_workers", 0),
          *at_least(config, "data.prefetch", 0),
          *_ordered_pair(config, "data.augment.crop_scale", 0.0, 1.0),
@@ -186,7 +199,9 @@ def check_data(config, mode: str) -> list[str]:
          *within(config, "data.augment.jitter_prob", 0.0, 1.0),
          *within(config, "data.augment.gray_prob", 0.0, 1.0),
          *within(config, "data.augment.blur_prob", 0.0, 1.0),
-         *_all_within(config, "data.augment.jitter", 0.0, 1.0),
+         *_values(config, "data.augment.jitter", "brightness, contrast, saturation, hue", 4,
+                  0.0, 1.0),
+         *within(config, "data.augment.blur_kernel_frac", 0.0, 1.0),
          *one_of(config, "data.augment.hue_space", HUE_SPACES),
          *at_least(config, "data.synthetic.num_train", 1),
          *at_least(config, "data.synthetic.num_val", 0), *at_least(config, "data.synthetic.size", 1),
@@ -207,6 +222,9 @@ def check_data(config, mode: str) -> list[str]:
                  f"encoder stride {stride}")
   if mode not in ("train", "pretrain"):
     return out
+  if d.num_frames == 1:
+    out.append("data.num_frames=1 must be >= 2 in training (L_sem and L_obj compare a clip's "
+               "frames)")
   if d.source == "frames" and not d.path:
     out.append("data.source='frames' needs data.path (a DAVIS or YouTube-VOS folder)")
   if d.source == "synthetic" and d.synthetic.num_frames < d.num_frames:
@@ -270,11 +288,13 @@ def check_pretrain(config) -> list[str]:
   return out
 
 
-def check_init(config) -> list[str]:
-  """Initial weights: a params checkpoint that must exist (when local)."""
+def check_init(config, mode: str) -> list[str]:
+  """Initial weights: a params checkpoint that must exist (when local) where it
+  is read, in training; evaluation and export read the workdir's weights."""
   i = config.init
   out = one_of(config, "init.scope", INIT_SCOPES)
-  if i.checkpoint and "://" not in i.checkpoint and not os.path.isdir(i.checkpoint):
+  reads = mode in ("train", "pretrain")
+  if reads and i.checkpoint and "://" not in i.checkpoint and not os.path.isdir(i.checkpoint):
     out.append(f"init.checkpoint={i.checkpoint!r} is not a folder")
   return out
 
@@ -295,12 +315,15 @@ def check_eval(config, mode: str) -> list[str]:
          *at_least(config, "eval.track_merge_min_frames", 1),
          *within(config, "eval.track_gap_radius", 0.0, 0.5),
          *one_of(config, "eval.prop_features", PROP_FEATURES), *at_least(config, "eval.max_videos", 0),
-         *at_least(config, "eval.max_proposals", 1), *at_least(config, "eval.prop_video_len", 1),
+         *at_least(config, "eval.prop_video_len", 1),
          *above(config, "eval.prop_radius", 0.0), *at_least(config, "eval.prop_topk", 1),
          *above(config, "eval.prop_temperature", 0.0),
          *at_least(config, "eval.prop_short_side", 0), *above(config, "eval.pose_sigma", 0.0),
          *at_least(config, "eval.pose_topk", 1), *at_least(config, "eval.overlays", 0),
          *_all_within(config, "eval.pck_thresholds", 0.0, float("inf"))]
+  if not 1 <= e.max_proposals <= discovery.MAX_PROPOSALS:
+    out.append(f"eval.max_proposals={e.max_proposals!r} must lie in [1, {discovery.MAX_PROPOSALS}] "
+               f"(proposals are 8-bit label maps)")
   out += _discovery_size(config, "eval.discovery_resolution", "the training size")
   if e.benchmark == "jhmdb":
     out += one_of(config, "eval.split", JHMDB_SPLITS)
@@ -334,7 +357,8 @@ def check_workdir(config, mode: str, workdir: str) -> list[str]:
 def problems(config: ml_collections.ConfigDict, mode: str, workdir: str) -> list[str]:
   """Every problem of the config for `mode` (train, export, eval), section by section."""
   return [*check_model(config), *check_loss(config), *check_data(config, mode),
-          *check_optim(config), *check_train(config), *check_pretrain(config), *check_init(config),
+          *check_optim(config), *check_train(config), *check_pretrain(config),
+          *check_init(config, mode),
           *check_eval(config, mode), *check_workdir(config, mode, workdir)]
 
 

@@ -99,11 +99,33 @@ def test_the_allowed_values_are_the_ones_the_configs_use():
     ("data.synthetic.lighting", 1.5, "data.synthetic.lighting=1.5 must lie in [0.0, 1.0]"),
     ("data.synthetic.noise", -2.0, "data.synthetic.noise=-2.0 must be >= 0.0"),
     ("init.checkpoint", "/nowhere/dino", "init.checkpoint='/nowhere/dino' is not a folder"),
+    # Proposals are 8-bit label maps: id 256 would wrap to 0 (background).
+    ("eval.max_proposals", 256, "eval.max_proposals=256 must lie in [1, 255] (proposals are "
+                                "8-bit label maps)"),
+    ("data.num_frames", 1, "data.num_frames=1 must be >= 2 in training (L_sem and L_obj compare "
+                           "a clip's frames)"),
+    ("data.augment.jitter", (0.4, 0.4, 0.4), "data.augment.jitter=(0.4, 0.4, 0.4) must be 4 "
+                                             "values (brightness, contrast, saturation, hue), "
+                                             "each in [0.0, 1.0]"),
+    ("data.mean", (0.5, 0.5), "data.mean=(0.5, 0.5) must be 3 values (R, G, B), each in "
+                              "[0.0, 1.0]"),
+    ("data.std", (0.2, 0.0, 0.2), "data.std=(0.2, 0.0, 0.2) must be 3 values (R, G, B), each "
+                                  "in (0.0, inf)"),
+    ("data.augment.blur_kernel_frac", 1.5, "data.augment.blur_kernel_frac=1.5 must lie in "
+                                           "[0.0, 1.0]"),
 ])
 def test_numbers_and_paths_out_of_range_are_named(field, value, message):
   config = _config()
   _set(config, field, value)
   assert config_checks.problems(config, "train", "/tmp/w") == [message]
+
+
+def test_eval_reads_no_init_checkpoint_and_does_not_need_one():
+  config = _config()
+  config.init.checkpoint = "/nowhere/dino"
+  assert config_checks.problems(config, "eval", "/tmp/w") == []
+  config.data.num_frames = 1  # a clip length for evaluation, not for training
+  assert config_checks.problems(config, "eval", "/tmp/w") == []
 
 
 def test_combinations_the_code_cannot_run_are_named():

@@ -37,6 +37,7 @@ from smtc_jax.matching import bipartite_match
 CANDIDATE_RULES = ("eq11", "score")  # eval.candidates
 BACKGROUND_RULES = ("none", "border", "border_components")  # eval.background
 TRACK_RULES = ("slots", "components")  # eval.tracks
+MAX_PROPOSALS = 255  # eval.max_proposals: proposals are uint8 label maps (PNG), 0 the background
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,6 +304,8 @@ def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: 
   """
   if background not in BACKGROUND_RULES:
     raise ValueError(f"eval.background must be one of {BACKGROUND_RULES}, got {background!r}")
+  if not 1 <= max_proposals <= MAX_PROPOSALS:  # the uint8 lookup below would wrap ids
+    raise ValueError(f"eval.max_proposals={max_proposals} must lie in [1, {MAX_PROPOSALS}]")
   kept = candidates.of(outputs)  # (C, T, N, P)
   c, t, n, p = kept.shape
   order = link_instances(np.asarray(l2_normalize(jnp.mean(outputs["objects"], axis=1))))
