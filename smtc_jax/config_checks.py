@@ -338,10 +338,33 @@ def check_eval(config, mode: str) -> list[str]:
   return out
 
 
+def _folder_problem(path: str, name: str) -> list[str]:
+  """Why the local folder `path` (named `name` in the line) cannot be used or
+  made: it, or the nearest of its parents that exists, is not a writable folder."""
+  if os.path.exists(path):
+    if not os.path.isdir(path):
+      return [f"{name} is not a folder"]
+    return [] if os.access(path, os.W_OK | os.X_OK) else [f"{name} is not writable"]
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    return [f"{name} cannot be made: {parent} is not a folder"]
+  if not os.access(parent, os.W_OK | os.X_OK):
+    return [f"{name} cannot be made: {parent} is not writable"]
+  return []
+
+
 def check_workdir(config, mode: str, workdir: str) -> list[str]:
-  """What a remote (gs://) workdir needs: a local folder for generated data (its
-  logs have a local default, run_logs.py); train.logdir, if set, is local."""
+  """The workdir and train.logdir: local ones must be (or can be made) writable
+  folders, since every mode writes its log there. What a remote (gs://) workdir
+  needs: a local folder for generated data (its logs have a local default,
+  run_logs.py); train.logdir, if set, is local."""
   out = []
+  if "://" not in workdir:
+    out += _folder_problem(workdir, f"workdir {workdir}")
+  if config.train.logdir and "://" not in config.train.logdir:
+    out += _folder_problem(config.train.logdir, f"train.logdir={config.train.logdir!r}")
   if "://" in config.train.logdir:
     out.append(f"train.logdir={config.train.logdir!r} must be a local folder (the logs of a gs:// "
                f"workdir are copied into it by themselves)")

@@ -98,16 +98,18 @@ def main(argv):
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logdir = train.log_dir(config, workdir)
   lock = None  # held while this process lives
-  if mode in ("train", "pretrain") and jax.process_index() == 0:
-    try:
+  try:  # the first writes: a folder the checks passed may still refuse them (a read-only disk)
+    if mode in ("train", "pretrain") and jax.process_index() == 0:
       lock = workdir_lock.acquire(logdir if checkpoint.is_remote(workdir) else workdir)
-    except workdir_lock.WorkdirBusy as e:
-      sys.exit(f"error: {e}")
-  mirror = run_logs.mirror_for(config, workdir)  # a gs:// workdir: logs copied into it
-  if mirror:  # a resume on a fresh host appends to the bucket's metrics and log
-    mirror.pull(([run_logs.METRICS] if jax.process_index() == 0 else []) +
-                [os.path.basename(console.log_path(logdir, mode))])
-  log_file = console.to_file(logdir, mode)
+    mirror = run_logs.mirror_for(config, workdir)  # a gs:// workdir: logs copied into it
+    if mirror:  # a resume on a fresh host appends to the bucket's metrics and log
+      mirror.pull(([run_logs.METRICS] if jax.process_index() == 0 else []) +
+                  [os.path.basename(console.log_path(logdir, mode))])
+    log_file = console.to_file(logdir, mode)
+  except workdir_lock.WorkdirBusy as e:
+    sys.exit(f"error: {e}")
+  except OSError as e:
+    sys.exit(f"error: cannot write {e.filename or logdir}: {e.strerror or e}")
   console.say(f"smtc_jax {mode}: workdir {workdir}; full log in {log_file}")
   if mirror:
     console.say(f"logs, metrics and TensorBoard are written to {logdir} and copied into {workdir} "

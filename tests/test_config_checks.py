@@ -162,6 +162,19 @@ def test_mode_and_workdir_requirements():
       "workdir gs://bucket/run is remote: data.source='synthetic' needs a local data.path"]
 
 
+@pytest.mark.parametrize("mode", ["train", "eval", "export"])
+def test_a_workdir_or_logdir_that_cannot_be_a_folder_is_named(tmp_path, mode):
+  (tmp_path / "file").write_text("")
+  config = _config()
+  assert config_checks.problems(config, mode, str(tmp_path / "file")) == [
+      f"workdir {tmp_path / 'file'} is not a folder"]
+  assert config_checks.problems(config, mode, str(tmp_path / "file" / "run")) == [
+      f"workdir {tmp_path / 'file' / 'run'} cannot be made: {tmp_path / 'file'} is not a folder"]
+  config.train.logdir = str(tmp_path / "file" / "logs")
+  assert config_checks.problems(config, mode, str(tmp_path / "new" / "run")) == [
+      f"train.logdir={config.train.logdir!r} cannot be made: {tmp_path / 'file'} is not a folder"]
+
+
 def test_the_tfds_source_without_tensorflow_datasets_says_how_to_install_it(monkeypatch):
   config = _config()
   config.data.source = "tfds"
