@@ -196,6 +196,53 @@ def test_scorer_names_a_missing_result_file(tmp_path):
     davis.score_folder(davis_root, str(tmp_path / "none"), "unsupervised", "val", processes=1)
 
 
+def _one_sequence(tmp_path, proposals, gt=None):
+  """A DAVIS folder of one unsupervised sequence 's' (3 frames, 8x8) and a
+  results folder holding `proposals` (a list of (H, W) label maps)."""
+  davis_root, results = str(tmp_path / "davis"), str(tmp_path / "results")
+  gt = np.ones((3, 8, 8), np.uint8) if gt is None else gt
+  _write_sequence(davis_root, os.path.join("Annotations_unsupervised", "480p"), "s", gt)
+  os.makedirs(os.path.join(davis_root, "ImageSets", "2017"))
+  with open(os.path.join(davis_root, "ImageSets", "2017", "val.txt"), "w") as f:
+    f.write("s\n")
+  _write_sequence(results, "", "s", proposals)
+  return davis_root, results
+
+
+def _cli_error(davis_root, results, capsys, processes="2"):
+  assert davis.main(["--davis_path", davis_root, "--results_path", results, "--task",
+                     "unsupervised", "--processes", processes]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1, err
+  return err[0]
+
+
+def test_the_scorer_command_line_names_sequence_and_frame_of_bad_results(tmp_path, capsys):
+  many = np.arange(64, dtype=np.uint8).reshape(8, 8) % 30  # 29 proposals in frame 1
+  davis_root, results = _one_sequence(tmp_path, [np.ones((8, 8), np.uint8), many,
+                                                 np.ones((8, 8), np.uint8)])
+  line = _cli_error(davis_root, results, capsys, processes="1")
+  assert line.startswith("error: sequence s, frame 00001: ") and "29 proposals" in line
+  assert "more than the 20 allowed" in line
+  palette.write_palette_png(os.path.join(results, "s", "00001.png"), np.ones((8, 8), np.uint8))
+  os.remove(os.path.join(results, "s", "00002.png"))  # through the pool of workers
+  line = _cli_error(davis_root, results, capsys)
+  assert line.startswith("error: sequence s, frame 00002: ") and "00002.png" in line
+  # A result of another size than its ground truth.
+  palette.write_palette_png(os.path.join(results, "s", "00002.png"), np.ones((6, 8), np.uint8))
+  line = _cli_error(davis_root, results, capsys, processes="1")
+  assert line.startswith("error: sequence s, frame 00002: ") and "(6, 8)" in line
+
+
+def test_annotations_of_mixed_sizes_are_named(tmp_path):
+  davis_root, _ = _one_sequence(tmp_path, [np.ones((8, 8), np.uint8)] * 3)
+  palette.write_palette_png(
+      os.path.join(davis_root, "Annotations_unsupervised", "480p", "s", "00001.png"),
+      np.ones((8, 6), np.uint8))
+  with pytest.raises(ValueError, match=r"00001\.png is 8x6, .*00000\.png 8x8"):
+    davis.read_annotations(davis_root, "s", os.path.join("Annotations_unsupervised", "480p"))
+
+
 def _write_davis_tree(root, sequences, subset="val"):
   """A DAVIS-2017 folder: {name: (semi (F, H, W), unsupervised (F, H, W))} labels,
   grey JPEG frames, ImageSets/2017/<subset>.txt."""

@@ -376,6 +376,16 @@ def test_candidate_rule_comes_from_the_config_and_training_thresholds():
     discovery.Candidates.from_config(config)
 
 
+def test_frames_of_mixed_sizes_are_named(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "JPEGImages" / "480p" / "v"
+  folder.mkdir(parents=True)
+  for i, size in enumerate([(16, 12), (16, 12), (12, 16)]):
+    Image.new("RGB", size).save(folder / f"{i:05d}.jpg")
+  with pytest.raises(ValueError, match=r"00002\.jpg is 16x12, .*00000\.jpg 12x16"):
+    readers.davis2017_load(str(tmp_path), "val", "v")
+
+
 def _saved_state(config, workdir, step, shift):
   """A train state at `step` with slot_attention.mu shifted by `shift`, saved as
   the workdir's checkpoint (without a data iterator: evaluation reads none)."""

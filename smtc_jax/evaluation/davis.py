@@ -237,6 +237,17 @@ def _assign(j, f, row_order: str):
   return rows, cols
 
 
+def stack_same_size(arrays, paths) -> np.ndarray:
+  """np.stack of a video's frames or masks read from `paths`, after checking
+  they share the first one's (H, W); a ValueError names the first that does not."""
+  first = arrays[0].shape[:2]
+  for array, path in zip(arrays, paths):
+    if array.shape[:2] != first:
+      raise ValueError(f"{path} is {array.shape[0]}x{array.shape[1]}, {paths[0]} "
+                       f"{first[0]}x{first[1]}: a video's frames and masks share one size")
+  return np.stack(arrays)
+
+
 def read_annotations(davis_path: str, sequence: str, gt_dir: str):
   """(frame names, (F, H, W) labels) of a sequence's annotation folder."""
   mask_dir = os.path.join(davis_path, gt_dir, sequence)
@@ -245,8 +256,8 @@ def read_annotations(davis_path: str, sequence: str, gt_dir: str):
   names = sorted(f[:-4] for f in os.listdir(mask_dir) if f.endswith(".png"))
   if not names:
     raise FileNotFoundError(f"no annotation PNG in {mask_dir}")
-  gt = np.stack([read_label_png(os.path.join(mask_dir, f"{n}.png")) for n in names])
-  return names, gt
+  paths = [os.path.join(mask_dir, f"{n}.png") for n in names]
+  return names, stack_same_size([read_label_png(p) for p in paths], paths)
 
 
 def _score_sequence(sequence, davis_path, results_path, task, matching, row_order):
@@ -257,12 +268,30 @@ def _score_sequence(sequence, davis_path, results_path, task, matching, row_orde
   num_objects = first_frame_objects(gt)
   if task == "semi-supervised":  # first and last frames are not scored
     names, gt = names[1:-1], gt[1:-1]
-  res = np.stack([read_label_png(os.path.join(results_path, sequence, f"{n}.png")) for n in names])
-  if res.shape != gt.shape:
-    raise ValueError(f"{os.path.join(results_path, sequence)}: masks of shape {res.shape[1:]}, "
-                     f"ground truth {gt.shape[1:]}")
+  limit = MAX_UNSUPERVISED_PROPOSALS if task == "unsupervised" else num_objects
+  res = np.stack([_result_frame(results_path, sequence, n, g.shape, limit)
+                  for n, g in zip(names, gt)])
   return sequence, evaluate_sequence(gt, res, task, matching, num_objects=num_objects,
                                      row_order=row_order)
+
+
+def _result_frame(results_path: str, sequence: str, name: str, shape, limit: int) -> np.ndarray:
+  """One result PNG, checked against its ground truth's `shape` and the most
+  ids a result may hold (`limit`); the error (FileNotFoundError or ValueError)
+  names sequence and frame in a message that crosses worker processes whole."""
+  path = os.path.join(results_path, sequence, f"{name}.png")
+  try:
+    labels = read_label_png(path)
+  except (OSError, ValueError) as e:
+    kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
+    raise kind(f"sequence {sequence}, frame {name}: {e}") from None
+  if labels.shape != tuple(shape):
+    raise ValueError(f"sequence {sequence}, frame {name}: {path} is {labels.shape}, its ground "
+                     f"truth {tuple(shape)}")
+  if int(labels.max()) > limit:
+    raise ValueError(f"sequence {sequence}, frame {name}: {path} has {int(labels.max())} "
+                     f"proposals (its largest id), more than the {limit} allowed")
+  return labels
 
 
 def read_list(path: str) -> list[str]:
@@ -371,9 +400,13 @@ def main(argv=None) -> int:
                            "proposal order (the official tool's naming) or object k")
   parser.add_argument("--processes", type=int, default=0)
   args = parser.parse_args(argv)
-  global_row, per_object = score_folder(args.davis_path, args.results_path, args.task,
-                                        args.image_set, args.matching, args.processes,
-                                        args.row_order)
+  try:
+    global_row, per_object = score_folder(args.davis_path, args.results_path, args.task,
+                                          args.image_set, args.matching, args.processes,
+                                          args.row_order)
+  except (OSError, ValueError) as e:  # a missing or bad file: one line naming it
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   paths = write_results(args.results_path, args.image_set, global_row, per_object)
   protocol = f"{args.task}" + (f", {args.matching} matching" if args.task == "unsupervised" else "")
   print(f"DAVIS {args.image_set} ({protocol}):")
