@@ -84,12 +84,13 @@ def check_trained_model(path, config) -> None:
     run_config.check_model(trained, config, str(path))
 
 
-def check_resume(directory: str, config: ml_collections.ConfigDict,
+def check_resume(directory: str, config: ml_collections.ConfigDict, compared=None,
                  resumable=run_config.RESUMABLE) -> list[str]:
   """Before a resume from the checkpoints in `directory`: ConfigMismatch if
-  any step's config differs from `config` in a field outside `resumable`;
-  else the changed resumable fields of the newest step ('field=old -> new').
-  Steps without a readable config are passed over (the restore judges them)."""
+  any step's config differs from `config` in a `compared` field (None: all)
+  outside `resumable`; else the changed resumable fields of the newest step
+  ('field=old -> new'). Steps without a readable config are passed over (the
+  restore judges them)."""
   root = epath.Path(_resolve(directory))
   if not root.exists():
     return []
@@ -101,7 +102,8 @@ def check_resume(directory: str, config: ml_collections.ConfigDict,
     except (OSError, ValueError):  # damaged metadata: the restore sets the step aside
       continue
     if trained is not None:
-      found = run_config.check_resume(trained, config, str(root / str(step)), resumable)
+      found = run_config.check_resume(trained, config, str(root / str(step)), compared,
+                                      resumable)
       changes = found if changes is None else changes
   return changes or []
 

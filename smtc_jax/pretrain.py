@@ -208,15 +208,21 @@ def export_dir(workdir: str) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Pretrain the encoder (resuming from WORKDIR/pretrain's checkpoints) and
-  export the teacher; returns the export's folder. A finished export is reused."""
+  export the teacher; returns the export's folder. A finished export is reused
+  if it was made under the same pretraining fields (run_config.PRETRAIN_FIELDS),
+  else refused (run_config.ConfigMismatch), as is a resume under other ones."""
   out = export_dir(workdir)
   if os.path.isdir(out):
+    made = checkpoint.stored_config(out)
+    if made is not None:
+      run_config.check_resume(made, config, out, run_config.PRETRAIN_FIELDS,
+                              run_config.PRETRAIN_REUSABLE)
     console.say(f"pretrained encoder: {out} (already made)")
     return out
   p = config.pretrain
   stage_dir = os.path.join(workdir, PRETRAIN_DIR)
   train.check_resume(config, os.path.join(stage_dir, checkpoint.CHECKPOINT_DIR),
-                     run_config.PRETRAIN_RESUMABLE)
+                     run_config.PRETRAIN_FIELDS, run_config.PRETRAIN_RESUMABLE)
   logdir = train.log_dir(config, workdir)
   os.makedirs(logdir, exist_ok=True)
   train.save_config(config, logdir)

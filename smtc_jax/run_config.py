@@ -28,13 +28,14 @@ RESUMABLE = ("train.num_steps", "train.log_every", "train.checkpoint_every",
              "train.eval_every", "train.eval_videos", "train.eval_resolution", "train.microbatch",
              "model.remat", "data.num_workers", "data.prefetch", "data.path",
              "data.tfds_data_dir", "eval.", "init.", "pretrain.")
-# The encoder pretraining stage reads neither the loss nor the training loop's
-# schedule and EMA; its own length may change like train.num_steps.
-PRETRAIN_RESUMABLE = ("loss.", "train.", "optim.learning_rate", "optim.warmup_steps",
-                      "optim.weight_decay", "optim.b1", "optim.b2", "optim.eps",
-                      "optim.encoder_lr_mult", "optim.grad_iter", "optim.grad_clip_norm", "init.",
-                      "eval.", "model.remat", "data.num_workers", "data.prefetch", "data.path",
-                      "data.tfds_data_dir", "pretrain.num_steps")
+# What the encoder pretraining stage reads (its resume and the reuse of its
+# export compare these alone): the encoder, the data and its own section.
+PRETRAIN_FIELDS = ("seed", "model.encoder", "model.vit.", "model.resnet.", "model.dtype", "data.",
+                   "pretrain.", "optim.final_lr_ratio")
+# Of those, what may differ when its export is reused, and when it resumes (its
+# length too, like train.num_steps).
+PRETRAIN_REUSABLE = tuple(f for f in RESUMABLE if f != "pretrain.")
+PRETRAIN_RESUMABLE = (*PRETRAIN_REUSABLE, "pretrain.num_steps")
 METADATA_FILE = "_CHECKPOINT_METADATA"  # Orbax's metadata file of a checkpoint or export folder
 CONFIG_KEY = "config"  # the config's key in that file's custom_metadata
 STORED = f"custom_metadata.{CONFIG_KEY} of {METADATA_FILE}"
@@ -71,15 +72,12 @@ def is_model_field(field: str) -> bool:
           or field in INPUT_FIELDS)
 
 
-_MISSING = "<absent>"
-
-
 def differences(trained: dict, given: dict, keep) -> list[tuple[str, object, object]]:
   """(field, trained value, given value) of the fields `keep(field)` selects that
-  differ, sorted by field; a field only one config has counts as differing."""
+  differ, sorted by field. Only fields both configs have are compared: a field
+  added later defaults to the behaviour it did not yet have a name for."""
   a, b = flat(trained), flat(given)
-  return [(f, a.get(f, _MISSING), b.get(f, _MISSING)) for f in sorted(set(a) | set(b))
-          if keep(f) and a.get(f, _MISSING) != b.get(f, _MISSING)]
+  return [(f, a[f], b[f]) for f in sorted(set(a) & set(b)) if keep(f) and a[f] != b[f]]
 
 
 def describe(diffs, limit: int = MAX_NAMED) -> str:
@@ -100,10 +98,12 @@ def check_model(trained: dict, config: ml_collections.ConfigDict, where: str) ->
 
 
 def check_resume(trained: dict, config: ml_collections.ConfigDict, where: str,
-                 resumable=RESUMABLE) -> list[str]:
+                 compared=None, resumable=RESUMABLE) -> list[str]:
   """The 'field=old -> new' lines of the `resumable` fields that changed since
-  the checkpoint at `where`; ConfigMismatch if any other field changed."""
-  diffs = differences(trained, plain(config), lambda f: True)
+  the checkpoint at `where`; ConfigMismatch if any other field changed.
+  `compared`: the fields (or sections, ending in '.') the stage reads; None: all."""
+  diffs = differences(trained, plain(config),
+                      lambda f: compared is None or _matches(f, compared))
   refused = [d for d in diffs if not _matches(d[0], resumable)]
   if refused:
     raise ConfigMismatch(f"{where} was trained under another config: {describe(refused)}; "

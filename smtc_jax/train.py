@@ -373,11 +373,11 @@ def save_config(config, logdir: str) -> str | None:
   return None
 
 
-def check_resume(config, directory: str, resumable=run_config.RESUMABLE) -> None:
+def check_resume(config, directory: str, compared=None, resumable=run_config.RESUMABLE) -> None:
   """Refuse a resume from `directory`'s checkpoints under another config
-  (run_config.ConfigMismatch); a console line names the fields that may change
-  and did."""
-  changes = checkpoint.check_resume(directory, config, resumable)
+  (run_config.ConfigMismatch; `compared` and `resumable` as checkpoint.check_resume);
+  a console line names the fields that may change and did."""
+  changes = checkpoint.check_resume(directory, config, compared, resumable)
   if changes:
     console.say(f"resuming {directory} with changed {'; '.join(changes)}")
 

@@ -73,8 +73,8 @@ def test_every_checkpoint_and_export_carries_the_config_it_was_trained_under(par
   assert checkpoint.stored_config(tmp_path / "export") == run_config.plain(config)
 
 
-MODEL_CHANGES = [("model.fusion", "reference"), ("model.tau", 0.3), ("model.corr_partner", "previous"),
-                 ("model.features", "last_keys"), ("model.num_instances", 4),
+MODEL_CHANGES = [("model.fusion", "reference"), ("model.tau", 0.3),
+                 ("model.corr_partner", "previous"), ("model.features", "last_keys"), ("model.num_instances", 4),
                  ("data.mean", (0.5, 0.5, 0.5))]
 
 
@@ -155,6 +155,19 @@ def test_a_pretrain_resume_under_another_config_is_refused(params, tmp_path):
   with pytest.raises(run_config.ConfigMismatch, match=r"pretrain\.temperature"):
     pretrain.run(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "config.json")
+
+
+def test_a_pretrained_encoder_is_reused_only_under_the_fields_it_was_made_with(params, tmp_path):
+  made = _config()
+  made.pretrain.num_steps = 4
+  out = pretrain.export_dir(str(tmp_path))
+  checkpoint.export_params_tree({"params": params}, out, made)
+  config = _changed(_config(), "model.num_instances", 4)  # SMTC's heads: not pretraining's
+  config.pretrain.num_steps = 4
+  assert pretrain.run(config, str(tmp_path)) == out
+  for field, value in (("pretrain.num_steps", 8), ("model.vit.depth", 3), ("data.gap", 2)):
+    with pytest.raises(run_config.ConfigMismatch, match=field.replace(".", r"\.")):
+      pretrain.run(_changed(made.copy_and_resolve_references(), field, value), str(tmp_path))
 
 
 def test_fields_that_may_change_on_resume_are_named_and_earlier_configs_kept(params, tmp_path):
