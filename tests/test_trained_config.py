@@ -74,8 +74,8 @@ def test_every_checkpoint_and_export_carries_the_config_it_was_trained_under(par
 
 
 MODEL_CHANGES = [("model.fusion", "reference"), ("model.tau", 0.3),
-                 ("model.corr_partner", "previous"), ("model.features", "last_keys"), ("model.num_instances", 4),
-                 ("data.mean", (0.5, 0.5, 0.5))]
+                 ("model.corr_partner", "previous"), ("model.features", "last_keys"),
+                 ("model.num_instances", 4), ("data.mean", (0.5, 0.5, 0.5))]
 
 
 @pytest.mark.parametrize("field,value", MODEL_CHANGES)
