@@ -203,11 +203,12 @@ def main(argv=None):
   parser.add_argument("--kind", required=True, choices=KINDS)
   parser.add_argument("--output", required=True, help="the set's folder (must not exist)")
   parser.add_argument("--num_train", type=int, default=48)
-  parser.add_argument("--num_val", type=int, default=8)
+  parser.add_argument("--num_val", type=int, default=32)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--noise", type=float, default=3.0, help="sensor noise, grey levels")
   args = parser.parse_args(argv)
   spec = synthetic.SyntheticSpec(kind=args.kind, num_train=args.num_train,
-                                 num_val=args.num_val, seed=args.seed)
+                                 num_val=args.num_val, seed=args.seed, noise=args.noise)
   try:
     synthetic.ensure_synthetic_davis(args.output, spec)
   except ValueError as e:
