@@ -7,6 +7,7 @@ import json
 import os
 
 from absl import logging
+from etils import epath
 import flax
 import grain
 import jax
@@ -14,8 +15,6 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-
-from etils import epath
 
 from smtc_jax import console
 from smtc_jax import run_config
