@@ -23,3 +23,16 @@ def test_the_probe_finds_a_linear_boundary_and_chance_is_one_half():
   assert abs(probe.balanced_accuracy(probe.predict(noise, x[1000:]), y[1000:]) - 0.5) < 0.1
   # Saying "background" everywhere scores one half, however rare objects are.
   assert probe.balanced_accuracy(np.zeros(1000, bool), y[1000:]) == 0.5
+
+
+def test_the_semantic_bound_unites_the_semantics_that_are_mostly_object():
+  truth = np.zeros((1, 4, 4), np.uint8)
+  truth[0, :2, :2] = 1
+  truth[0, 3, 3] = 255  # void: neither counted nor scored
+  semantic = np.zeros((1, 4, 4), np.uint8)
+  semantic[0, :2, :] = 2  # 4 object pixels of 8: not mostly object
+  semantic[0, 0, 0] = 3  # all object
+  # Only semantic 3 is chosen: IoU 1 / 4.
+  assert probe.semantic_bound(semantic, truth) == 0.25
+  semantic[0, :2, 2:] = 5  # now semantic 2 is all object too
+  assert probe.semantic_bound(semantic, truth) == 1.0

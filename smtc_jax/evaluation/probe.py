@@ -1,4 +1,5 @@
-"""How well an encoder's features tell objects from background: a linear probe.
+"""How well an encoder's features tell objects from background: a linear probe;
+and how well the semantic stage does: the best union of its semantics.
 
 For the workdir's trained weights and the untrained model, the encoder's features
 (eval.prop_features, at the propagation size) of every frame of the benchmark's
@@ -8,6 +9,11 @@ classifier is scored on the evaluated split as balanced accuracy (the mean of th
 object and background recalls: 0.5 is chance, whatever the share of objects).
 Supervised, so not a figure of the method: a diagnosis of whether the features
 hold what discovery needs, apart from how the slots group them.
+
+The semantic bound: in each video of the evaluated split, the semantics (argmax
+of the semantic masks at the discovery size) whose pixels are mostly object are
+united, and that union is scored as single-object IoU: what the best choice of
+semantics could give, an upper bound for any proposal rule built on them.
 
   python -m smtc_jax.evaluation.probe --config configs/cpu_synthetic.py --workdir W \\
       [--config.eval.benchmark=davis2017 --config.eval.data_path=SET]
@@ -72,8 +78,31 @@ def scores_truth(video):
   return video.unsupervised_labels if video.unsupervised_labels is not None else video.labels
 
 
+def semantic_bound(semantic: np.ndarray, truth: np.ndarray) -> float:
+  """IoU of objects (truth > 0, void excluded) with the union of the semantics
+  (semantic: (F, H, W) ids) whose pixels are mostly object in this video."""
+  objects = (truth > 0) & (truth != davis.VOID_LABEL)
+  valid = truth != davis.VOID_LABEL
+  ids = np.unique(semantic[valid])
+  chosen = [i for i in ids if objects[(semantic == i) & valid].mean() > 0.5]
+  union = np.isin(semantic, chosen) & valid
+  return float((union & objects).sum() / max((union | objects).sum(), 1))
+
+
+def _semantic_bound(predictor, variables, config, workdir) -> float:
+  _, names, load = evaluate.benchmark_data(config, workdir)
+  values = []
+  for name in names:
+    video = load(name)
+    _, semantic = predictor.proposals(variables, video.frames)
+    truth = scores_truth(video)
+    values.append(semantic_bound(semantic[video.annotated], truth[video.annotated]))
+  return float(np.mean(values))
+
+
 def probe(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """{'trained': accuracy, 'untrained': accuracy} of the linear probe (module doc)."""
+  """{method: {'probe': accuracy, 'semantic_bound': IoU}} for the trained and
+  untrained weights (module doc)."""
   predictor = predictor_lib.Predictor(config)
   methods = {"trained": predictor_lib.trained_variables(config, workdir)[0],
              "untrained": predictor_lib.untrained_variables(config)[0]}
@@ -82,10 +111,12 @@ def probe(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_x, train_y = _cells(predictor, variables, config, workdir, TRAIN_SPLIT)
     test_x, test_y = _cells(predictor, variables, config, workdir, config.eval.split)
     model = fit_ridge(train_x, train_y)
-    out[method] = balanced_accuracy(predict(model, test_x), test_y)
-    print(f"{method}: object/background linear probe, balanced accuracy {out[method]:.3f} "
+    accuracy = balanced_accuracy(predict(model, test_x), test_y)
+    bound = _semantic_bound(predictor, variables, config, workdir)
+    out[method] = {"probe": accuracy, "semantic_bound": bound}
+    print(f"{method}: object/background linear probe, balanced accuracy {accuracy:.3f} "
           f"({len(train_y)} training cells, {len(test_y)} {config.eval.split} cells, "
-          f"{test_y.mean():.2f} object)")
+          f"{test_y.mean():.2f} object); best union of semantics: IoU {bound:.3f}")
   return out
 
 
