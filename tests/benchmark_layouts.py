@@ -127,3 +127,27 @@ def write_vip(root: str, data, every: int = 2) -> list[str]:
   with open(os.path.join(root, "lists", "val_videos.txt"), "w") as f:
     f.write("\n".join(names) + "\n")
   return names
+
+
+def write_davis2017(root: str, data) -> list[str]:
+  """JPEGImages/480p/<v>/, Annotations/480p/<v>/ and Annotations_unsupervised/480p/<v>/
+  (the instance labels as palette PNGs, both tasks' the same), ImageSets/2017/val.txt."""
+  names = [f"seq{i}" for i in range(len(data))]
+  for name, (frames, labels) in zip(names, data):
+    for t in range(len(frames)):
+      _save(os.path.join(root, "JPEGImages", "480p", name, f"{t:05d}.jpg"), frames[t])
+      for sub in ("Annotations", "Annotations_unsupervised"):
+        palette.write_palette_png(os.path.join(root, sub, "480p", name, f"{t:05d}.png"), labels[t])
+  os.makedirs(os.path.join(root, "ImageSets", "2017"))
+  with open(os.path.join(root, "ImageSets", "2017", "val.txt"), "w") as f:
+    f.write("".join(f"{name}\n" for name in names))
+  return names
+
+
+def write_youtube_vos(root: str, data) -> list[str]:
+  """YouTube-VOS's training layout: train/JPEGImages/<v>/<n>.jpg (frames only)."""
+  names = [f"video{i}" for i in range(len(data))]
+  for name, (frames, _) in zip(names, data):
+    for t in range(len(frames)):
+      _save(os.path.join(root, "train", "JPEGImages", name, f"{t:05d}.jpg"), frames[t])
+  return names

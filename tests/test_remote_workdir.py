@@ -1,13 +1,12 @@
 """A gs:// workdir needs nothing else: its logs are written on the host's disk,
 in a folder the console names, and copied into the bucket (run_logs.py). The
-bucket here is a GCS emulator on the loopback (gcp-storage-emulator), which
-gcsfs (under Orbax's etils.epath) and tensorstore reach through their endpoint
+bucket here is a GCS emulator on the loopback (conftest.gcs), which gcsfs
+(under Orbax's etils.epath) and tensorstore reach through their endpoint
 variables; nothing leaves this machine."""
 
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,37 +15,10 @@ import pytest
 
 from configs import tpu_v4
 from smtc_jax import config_checks, run_logs, train
+from tests.conftest import GCS_BUCKET
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUCKET = "smtc-test"
-# Set before gcsfs is imported anywhere in this process (it reads the first at
-# import): no bucket-type query to GCS's control plane, no credentials search,
-# no metadata server but a closed port on the loopback.
-OFFLINE_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "NO_GCE_CHECK": "true",
-               "GCE_METADATA_HOST": "127.0.0.1:1", "GCE_METADATA_IP": "127.0.0.1:1",
-               "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "GOOGLE_CLOUD_PROJECT": "emulator"}
-os.environ.update(OFFLINE_ENV)
-
-
-@pytest.fixture(scope="module")
-def gcs():
-  """The emulator's URL; gcsfs and tensorstore pointed at it."""
-  emulator = pytest.importorskip("gcp_storage_emulator.server")
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-  server.start()
-  url = f"http://127.0.0.1:{port}"
-  saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")}
-  os.environ.update(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url)
-  yield url
-  for key, value in saved.items():
-    if value is None:
-      os.environ.pop(key)
-    else:
-      os.environ[key] = value
-  server.stop()
+BUCKET = GCS_BUCKET
 
 
 def _read(path: str) -> bytes:
