@@ -40,23 +40,6 @@ flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def run_export(config, workdir: str, export_dir: str | None) -> None:
-  """Weights-only export (student, teacher, step) of the newest readable
-  checkpoint, with the config it was trained under; refused (ConfigMismatch)
-  if that differs from `config` in a model field."""
-  from smtc_jax import checkpoint, console  # pylint: disable=g-import-not-at-top
-  from smtc_jax.models import smtc  # pylint: disable=g-import-not-at-top
-  abstract = smtc.abstract_variables(config, smtc.build_model(config))
-  weights = checkpoint.latest_weights(workdir, abstract, config)
-  if weights is None:
-    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}")
-  trained = checkpoint.stored_config(
-      os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(int(weights["step"]))))
-  out = checkpoint.export_params_tree(weights, export_dir or
-                                      os.path.join(workdir, checkpoint.EXPORT_DIR), trained)
-  console.say(f"exported step {int(weights['step'])} to {out}")
-
-
 def run(config, mode: str, workdir: str) -> None:
   if mode in ("train", "pretrain"):
     from smtc_jax import pretrain, train  # pylint: disable=g-import-not-at-top
@@ -65,7 +48,8 @@ def run(config, mode: str, workdir: str) -> None:
     if mode == "train":
       train.train_and_evaluate(config, workdir)
   elif mode == "export":
-    run_export(config, workdir, FLAGS.export_dir)
+    from smtc_jax import export  # pylint: disable=g-import-not-at-top
+    export.run(config, workdir, FLAGS.export_dir)
   elif mode == "eval":
     from smtc_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
     evaluate.evaluate(config, workdir)

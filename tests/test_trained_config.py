@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from smtc_jax import checkpoint, main, pretrain, run_config, train
+from smtc_jax import checkpoint, export, pretrain, run_config, train
 from smtc_jax.evaluation import predictor
 from smtc_jax.models import smtc
 from tests.test_faults import _damage_arrays
@@ -68,7 +68,7 @@ def test_every_checkpoint_and_export_carries_the_config_it_was_trained_under(par
   _save(tmp_path, config, _weights(params, 4))
   assert checkpoint.stored_config(tmp_path / "checkpoints" / "4") == run_config.plain(config)
   evaluated = _changed(_config(), "eval.max_videos", 3)  # eval fields are no model's
-  main.run_export(evaluated, str(tmp_path), None)
+  export.run(evaluated, str(tmp_path), None)
   # The export holds the config the weights were trained under, not the one that exported them.
   assert checkpoint.stored_config(tmp_path / "export") == run_config.plain(config)
 
@@ -86,7 +86,7 @@ def test_eval_and_export_refuse_weights_trained_under_another_model_config(
   config = _changed(_config(), field, value)
   before = run_config.flat(run_config.plain(trained))[field]
   for read in (lambda: predictor.trained_variables(config, str(tmp_path)),
-               lambda: main.run_export(config, str(tmp_path), None)):
+               lambda: export.run(config, str(tmp_path), None)):
     with pytest.raises(run_config.ConfigMismatch) as refused:
       read()
     line = str(refused.value)
