@@ -17,14 +17,13 @@ from absl import flags
 from absl import logging as absl_logging  # noqa: F401  (defines --alsologtostderr, ...)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Written alongside this documentation; links to them are not checked and they are not read.
-OTHERS = {"docs/transfer.md", "docs/paper_run.md"}
 DOCS = ["README.md"] + sorted(
-    f"docs/{name}" for name in os.listdir(os.path.join(ROOT, "docs"))
-    if name.endswith(".md") and f"docs/{name}" not in OTHERS)
+    f"docs/{name}" for name in os.listdir(os.path.join(ROOT, "docs")) if name.endswith(".md"))
 CONFIGS = sorted(f"configs/{name}" for name in os.listdir(os.path.join(ROOT, "configs"))
                  if name.endswith(".py") and name != "__init__.py")
-MODULES = ["smtc_jax.main", "smtc_jax.bench", "smtc_jax.convert", "smtc_jax.evaluation.davis"]
+MODULES = ["smtc_jax.main", "smtc_jax.bench", "smtc_jax.convert", "smtc_jax.evaluation.davis",
+           "smtc_jax.data.photo_videos", "smtc_jax.evaluation.probe"]
+FLAG_SOURCE = {"smtc_jax.evaluation.probe": "smtc_jax.main"}  # the probe reads main's flags
 SECTIONS = ("seed", "model", "loss", "data", "eval", "optim", "train", "pretrain", "init")
 FILE_SUFFIXES = (".py", ".sh", ".md", ".log", ".lock", ".txt", ".csv", ".json", ".jsonl", ".pth", ".tar")
 QUICK_START = [
@@ -93,7 +92,7 @@ def _module_flags(module):
 
 ABSL_FLAGS = {name for module, fl in flags.FLAGS.flags_by_module_dict().items()
               if module.startswith("absl") for f in fl for name in (f.name, "no" + f.name)}
-FLAGS_OF = {m: _module_flags(m) for m in MODULES}
+FLAGS_OF = {m: _module_flags(FLAG_SOURCE.get(m, m)) for m in MODULES}
 ALL_FLAGS = set().union(*(names for names, _ in FLAGS_OF.values())) | ABSL_FLAGS | {"dry-run"}
 
 
@@ -187,7 +186,7 @@ def _problems_of_span(span):
         problems.append(f"configs/base.py has no field {path!r}")
     elif re.fullmatch(r"(smtc_jax|configs|tests|launch|docs)/[\w/.\-]*(::\w+)?", token):
       path = token.split("::")[0]
-      if path not in OTHERS and not os.path.exists(os.path.join(ROOT, path)):
+      if not os.path.exists(os.path.join(ROOT, path)):
         problems.append(f"{path} does not exist")
   return problems
 
@@ -238,8 +237,6 @@ def test_relative_links_resolve(path):
       continue
     file, _, anchor = target.partition("#")
     resolved = os.path.normpath(os.path.join(os.path.dirname(path), file)) if file else path
-    if resolved in OTHERS:
-      continue
     if not os.path.exists(os.path.join(ROOT, resolved)):
       problems.append(f"{target}: {resolved} does not exist")
     elif anchor and resolved.endswith(".md") and anchor not in _anchors(resolved):
