@@ -31,8 +31,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.vit.pretrain_grid = 14  # 224 / 16: the grid the position embedding is stored at.
   m.vit.layer_norm_eps = 1e-6
   # Stochastic depth of the student's encoder in training (rate of the last block,
-  # linear from 0 at the first). The paper gives none; DINO's ViT (and so the
-  # authors' code) defaults to 0.1.
+  # linear from 0 at the first). The paper gives none; DINO's ViT defaults to 0,
+  # the authors' copy of it (src/model/vision_transformer.py) to 0.1.
   m.vit.drop_path_rate = 0.0
   # ResNet-50 in torchvision's layout (MoCo weights; BatchNorm statistics frozen).
   m.resnet = ml_collections.ConfigDict()
@@ -118,6 +118,9 @@ def get_loss_config() -> ml_collections.ConfigDict:
   l.valid_mask_tau = 0.5
   l.tau1 = 0.2  # minimum share of the frame covered by the binarised semantic mask.
   l.tau2 = 0.5  # minimum cos(semantic slot, instance slot).
+  # In training, both criteria with >= (eq. 11; paper) or > (code: train.py
+  # filter_valid_instance). Discovery keeps >= (the code's eval_multi.py too).
+  l.valid_strict = False
   # Instance consistency (eq. 12): L2 margin (paper) or the code's cosine form.
   l.instance_form = "l2_margin"  # l2_margin | cosine
   # lambda of eq. 12. The paper gives no value; on unit vectors ||a-b|| = 1 is
@@ -141,6 +144,10 @@ def get_data_config() -> ml_collections.ConfigDict:
   # The sampling rate (Table 8's FPS) as a frame stride between sampled frames
   # (the code's `gap`): 4 in the paper's recipe.
   d.gap = 4
+  # Which clips training sees (the paper does not say): each video once per epoch,
+  # reshuffled, a clip starting anywhere (ours), or a video drawn with replacement
+  # and frames ind-8 ... ind+4 at gap 4, never the last four (code: src/data.py).
+  d.clip_sampling = "epoch"  # epoch | reference
   d.resolution = (256, 256)
   d.mean = (0.485, 0.456, 0.406)  # ImageNet statistics (training and evaluation).
   d.std = (0.229, 0.224, 0.225)

@@ -25,17 +25,21 @@ def get_config():
   m.tau = 0.3
   m.sample_grad = "none"
   m.detach_trick = True
-  m.vit.drop_path_rate = 0.1  # DINO's vit_small default; the student runs model.train()
+  # Their copy of DINO's ViT (src/model/vision_transformer.py) defaults to 0.1,
+  # DINO's own to 0; only the student runs model.train().
+  m.vit.drop_path_rate = 0.1
   l = config.loss
   l.sinkhorn_iters = 3
   l.sinkhorn_marginals = "feature_norm"
   l.valid_mask_tau = 0.3
+  l.valid_strict = True  # train.py filter_valid_instance: similarity > 0.5, area > 0.2
   l.instance_form = "cosine"
   l.obj_same_frame_pairs = True
   # Their recipe (start_twostage.sh): 32 clips on each of 4 processes, lr 2e-5,
   # scaled linearly with the global batch as the paper's rule (Sec. 4.2).
   d = config.data
   d.batch_size = 32 * 4
+  d.clip_sampling = "reference"  # data.py: random.choice of a video, centred clips
   o = config.optim
   o.learning_rate = 2e-5 * d.batch_size / (32 * 4)
   o.encoder_lr_mult = 0.01  # train.py: encoder parameter groups at lr x 0.01 ...

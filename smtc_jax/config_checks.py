@@ -188,6 +188,7 @@ def check_data(config, mode: str) -> list[str]:
   d = config.data
   out = [*one_of(config, "data.source", DATA_SOURCES), *one_of(config, "data.layout", LAYOUTS),
          *at_least(config, "data.num_frames", 1), *at_least(config, "data.gap", 1),
+         *one_of(config, "data.clip_sampling", pipeline.CLIP_SAMPLINGS),
          *_values(config, "data.mean", "R, G, B", 3, 0.0, 1.0),
          *_values(config, "data.std", "R, G, B", 3, 0.0, float("inf"), open_low=True),
          *at_least(config, "data.batch_size", 1), *at_least(config, "data.num_workers", 0),

@@ -133,26 +133,36 @@ def mask_regularization_loss(semantic_masks, eps: float):
   return jnp.sum(gram * off_diagonal) / (off_diagonal.sum() * gram.shape[0] * gram.shape[1])
 
 
-def large_semantics(semantic_masks, *, mask_tau: float, tau1: float):
+def _at_least(x, threshold, strict: bool):
+  """x >= threshold (eq. 11), or x > threshold with `strict` (the code's training)."""
+  return x > threshold if strict else x >= threshold
+
+
+def large_semantics(semantic_masks, *, mask_tau: float, tau1: float, strict: bool = False):
   """First criterion of eq. 11: (..., N) bool, semantic n's mask binarised at
-  probability mask_tau covers at least tau1 of the frame. semantic_masks: (..., N, L)."""
-  return jnp.mean((semantic_masks > mask_tau).astype(jnp.float32), axis=-1) >= tau1
+  probability mask_tau covers at least tau1 of the frame (more than, with
+  `strict`). semantic_masks: (..., N, L)."""
+  return _at_least(jnp.mean((semantic_masks > mask_tau).astype(jnp.float32), axis=-1), tau1,
+                   strict)
 
 
 def valid_instances(semantic_masks, semantic_slots, instance_slots, *,
-                    mask_tau: float, tau1: float, tau2: float, use_area: bool = True):
+                    mask_tau: float, tau1: float, tau2: float, use_area: bool = True,
+                    strict: bool = False):
   """Valid-instance indicator I_t (eq. 11): (B, T, N, P) in {0, 1}.
 
   Instance (n, p) is valid when semantic n's binarised mask (probability >
   mask_tau) covers at least tau1 of the frame and cos(S[n], O[n, p]) >= tau2.
   `use_area=False` drops the first criterion (instance stage only: no masks;
-  the code's inference: the score alone).
+  the code's inference: the score alone). `strict` compares both criteria
+  with > (the code's training, train.py filter_valid_instance).
   """
   similarity = jnp.einsum("btnd,btnpd->btnp", l2_normalize(semantic_slots),
                           l2_normalize(instance_slots))
-  valid = similarity >= tau2
+  valid = _at_least(similarity, tau2, strict)
   if use_area:
-    valid = valid & large_semantics(semantic_masks, mask_tau=mask_tau, tau1=tau1)[..., None]
+    valid = valid & large_semantics(semantic_masks, mask_tau=mask_tau, tau1=tau1,
+                                    strict=strict)[..., None]
   return jax.lax.stop_gradient(valid.astype(jnp.float32))
 
 
@@ -246,7 +256,7 @@ def instance_validity(out, config: ml_collections.ConfigDict):
   return valid_instances(
       out["semantic_masks"], out["semantic_slots"], out["instance_slots"],
       mask_tau=l.valid_mask_tau, tau1=l.tau1, tau2=l.tau2,
-      use_area=config.model.stages != "instance")
+      use_area=config.model.stages != "instance", strict=l.valid_strict)
 
 
 def valid_student_count(student, config: ml_collections.ConfigDict):

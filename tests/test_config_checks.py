@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from smtc_jax import config_checks
+from smtc_jax.data import pipeline
 from smtc_jax.evaluation import discovery
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +29,7 @@ STRING_OPTIONS = {
     "init.scope": config_checks.INIT_SCOPES, "eval.unsupervised_matching": config_checks.MATCHINGS,
     "eval.params": config_checks.EVAL_PARAMS, "eval.candidates": discovery.CANDIDATE_RULES,
     "eval.background": discovery.BACKGROUND_RULES, "eval.tracks": discovery.TRACK_RULES,
+    "data.clip_sampling": pipeline.CLIP_SAMPLINGS,
 }
 
 

@@ -83,7 +83,8 @@ def test_reference_config_selects_the_authors_training_recipe():
   assert config.train.ema_scope == "non_encoder" and config.model.vit.drop_path_rate == 0.1
   spec = pipeline.ClipSpec.from_config(config.data)
   assert not spec.random_crop and spec.hflip_prob == 0 and spec.gray_before_jitter
-  assert spec.hue_space == "hsv"
+  assert spec.hue_space == "hsv" and spec.clip_sampling == "reference"
+  assert config.loss.valid_strict  # train.py's strict > in filter_valid_instance
   assert tuple(config.data.mean) == (0.485, 0.456, 0.406)  # ImageNet in their training
 
 

@@ -118,6 +118,45 @@ def test_clip_indices_use_the_stride_and_shrink_it_for_short_videos():
     pipeline.clip_indices(3, 4, 4, rng)
 
 
+def test_reference_clip_indices_are_centred_as_the_authors_loader_draws_them():
+  rng = np.random.default_rng(0)
+  draws = np.stack([pipeline.reference_clip_indices(30, 4, 4, rng) for _ in range(400)])
+  np.testing.assert_array_equal(np.diff(draws, axis=1), 4)
+  centres = draws[:, 2]  # ind: frames ind-8, ind-4, ind, ind+4
+  assert centres.min() == 8 and centres.max() == 30 - 9
+  assert draws.max() == 25  # the last four frames are never sampled
+  # 13 frames: gap 4 leaves no centre, gap 3 exactly one (ind 6).
+  np.testing.assert_array_equal(pipeline.reference_clip_indices(13, 4, 4, rng), [0, 3, 6, 9])
+  # Too short for their loader: the gap keeps dropping, down to the first T frames.
+  np.testing.assert_array_equal(pipeline.reference_clip_indices(4, 4, 4, rng), [0, 1, 2, 3])
+  with pytest.raises(ValueError, match="3 frames"):
+    pipeline.reference_clip_indices(3, 4, 4, rng)
+
+
+def _coded_videos(count, length):
+  """Videos whose every pixel of frame t of video v is 10 t + v."""
+  return [{"name": f"v{v}", "frames": np.broadcast_to(
+      (10 * np.arange(length) + v).astype(np.uint8)[:, None, None, None], (length, 8, 8, 3))}
+          for v in range(count)]
+
+
+@pytest.mark.parametrize("sampling", pipeline.CLIP_SAMPLINGS)
+def test_data_clip_sampling_picks_videos_and_frames_as_it_says(sampling):
+  plain = dict(random_crop=False, hflip_prob=0.0, jitter_prob=0.0, gray_prob=0.0, blur_prob=0.0,
+               num_frames=4, gap=4, resolution=(8, 8))
+  spec = _spec(clip_sampling=sampling, **plain)
+  clips = pipeline.build_dataset(_coded_videos(5, 20), spec, seed=1, global_batch=40)[0]
+  codes = clips["student"][:, :, 0, 0, 0].astype(int)  # (40 clips, T)
+  videos, frames = codes % 10, codes // 10
+  assert (videos == videos[:, :1]).all()
+  first_epoch = sorted(videos[:5, 0])
+  if sampling == "epoch":  # every video once per epoch, clips anywhere in it
+    assert first_epoch == [0, 1, 2, 3, 4] and frames.max() == 19
+  else:  # drawn with replacement, never the last four frames
+    assert first_epoch != [0, 1, 2, 3, 4] and frames.max() <= 15
+    np.testing.assert_array_equal(frames[:, 2] - frames[:, 0], 8)
+
+
 def test_pipeline_batches_have_the_right_shapes_and_are_deterministic(synthetic_root):
   source = sources.FrameFolderSource(synthetic_root, "davis", "train", 3)
   spec = _spec()

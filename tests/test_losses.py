@@ -172,6 +172,21 @@ def test_valid_instances_need_area_and_similarity():
   np.testing.assert_array_equal(no_area[0, 0], [[1.0, 0.0], [1.0, 1.0]])
 
 
+def test_loss_valid_strict_drops_instances_exactly_at_the_thresholds():
+  # Semantic 0 covers exactly tau1 = 0.2 of the frame; its instance 0 has cos exactly
+  # 0.5 = tau2 (e1 against (1, 1, 1, 1) / 2), instance 1 cos 1; semantic 1 covers 0.3.
+  masks = jnp.zeros((1, 1, 2, 10)).at[0, 0, 0, :2].set(1.0).at[0, 0, 1, :3].set(1.0)
+  e1 = jnp.eye(4)[0]
+  out = {"semantic_masks": masks, "semantic_slots": jnp.stack([e1, e1])[None, None],
+         "instance_slots": jnp.stack([jnp.stack([jnp.ones(4), e1])] * 2)[None, None]}
+  config = base.get_config()
+  np.testing.assert_array_equal(losses.instance_validity(out, config)[0, 0],
+                                [[1.0, 1.0], [1.0, 1.0]])  # paper: >= on both criteria
+  config.loss.valid_strict = True
+  np.testing.assert_array_equal(losses.instance_validity(out, config)[0, 0],
+                                [[0.0, 0.0], [0.0, 1.0]])  # code: > on both
+
+
 @pytest.mark.parametrize("form,minimum", [("l2_margin", 0.0), ("cosine", -1.0)])
 def test_object_loss_is_minimal_for_identical_student_and_teacher(form, minimum):
   b, t, n, p, d = 1, 3, 2, 3, 8

@@ -1,7 +1,9 @@
 """The grain training pipeline: clip sampling, augmentation, batching, sharding.
 
-Element k of the (infinite, per-epoch reshuffled) dataset is a function of
-(seed, k) alone; global batch s holds elements [s * B, (s + 1) * B), and process
+Element k of the infinite dataset is a function of (seed, k) alone: a clip of
+each video once per epoch, reshuffled every epoch (data.clip_sampling='epoch'),
+or of a video drawn uniformly with replacement, centred as the authors'
+src/data.py centres it ('reference'); global batch s holds elements [s * B, (s + 1) * B), and process
 p loads its contiguous share [s * B + p * B / n, s * B + (p + 1) * B / n). So the
 global batch is the same, element for element, on any number of processes and
 workers, and deterministic given (seed, step).
@@ -14,6 +16,7 @@ frames of a clip.
 
 import dataclasses
 import os
+import sys
 
 import grain
 import ml_collections
@@ -23,6 +26,9 @@ from scipy import ndimage
 
 from smtc_jax.data import sources
 from smtc_jax.data import synthetic
+
+
+CLIP_SAMPLINGS = ("epoch", "reference")  # data.clip_sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +49,7 @@ class ClipSpec:
   blur_prob: float
   blur_sigma: tuple[float, float]
   blur_kernel_frac: float
+  clip_sampling: str = "epoch"  # epoch | reference (CLIP_SAMPLINGS)
 
   @classmethod
   def from_config(cls, data: ml_collections.ConfigDict) -> "ClipSpec":
@@ -50,18 +57,21 @@ class ClipSpec:
     if a.hue_space not in HUE_ROTATIONS:
       raise ValueError(f"data.augment.hue_space must be one of {sorted(HUE_ROTATIONS)}, "
                        f"got {a.hue_space!r}")
+    if data.clip_sampling not in CLIP_SAMPLINGS:
+      raise ValueError(f"data.clip_sampling must be one of {CLIP_SAMPLINGS}, "
+                       f"got {data.clip_sampling!r}")
     return cls(num_frames=data.num_frames, gap=data.gap, resolution=tuple(data.resolution),
                random_crop=a.random_crop, crop_scale=tuple(a.crop_scale),
                crop_ratio=tuple(a.crop_ratio), hflip_prob=a.hflip_prob,
                jitter_prob=a.jitter_prob, jitter=tuple(a.jitter), hue_space=a.hue_space,
                gray_prob=a.gray_prob, gray_before_jitter=a.gray_before_jitter,
                blur_prob=a.blur_prob, blur_sigma=tuple(a.blur_sigma),
-               blur_kernel_frac=a.blur_kernel_frac)
+               blur_kernel_frac=a.blur_kernel_frac, clip_sampling=data.clip_sampling)
 
 
 def clip_indices(num_available: int, num_frames: int, gap: int, rng) -> np.ndarray:
-  """T frame indices at stride `gap` around a random centre; the stride shrinks
-  for videos too short for it (as the authors' code does)."""
+  """T frame indices at stride `gap` from a start drawn uniformly over the video
+  (ours); the stride shrinks as far as a video too short for it needs."""
   if num_available < num_frames:
     raise ValueError(f"video has {num_available} frames, a clip needs {num_frames}")
   if num_frames > 1:
@@ -69,6 +79,24 @@ def clip_indices(num_available: int, num_frames: int, gap: int, rng) -> np.ndarr
   span = (num_frames - 1) * gap
   start = int(rng.integers(0, num_available - span))
   return start + gap * np.arange(num_frames)
+
+
+def reference_clip_indices(num_available: int, num_frames: int, gap: int, rng) -> np.ndarray:
+  """T frame indices as the authors' src/data.py draws them: frames ind + gap * (i - T // 2)
+  with ind uniform in [gap * T // 2, len - gap * T // 2 - 1] (T=4, gap 4: ind-8 ... ind+4,
+  so a clip never reaches the last four frames); the gap drops by one when that range
+  holds one value or none. Where it is still empty (their loader fails) the gap keeps
+  dropping, and at gap 1 the clip is the first T frames."""
+  if num_available < num_frames:
+    raise ValueError(f"video has {num_available} frames, a clip needs {num_frames}")
+  half = lambda g: g * num_frames // 2
+  if gap > 1 and half(gap) >= num_available - half(gap) - 1:
+    gap -= 1
+  while gap > 1 and half(gap) > num_available - half(gap) - 1:
+    gap -= 1
+  low, high = half(gap), num_available - half(gap) - 1
+  centre = int(rng.integers(low, high + 1)) if low <= high else num_frames // 2
+  return centre + gap * (np.arange(num_frames) - num_frames // 2)
 
 
 def random_crop_box(height: int, width: int, scale, ratio, rng):
@@ -193,7 +221,8 @@ class SampleClip(grain.transforms.RandomMap):
 
   def random_map(self, video, rng):
     spec = self.spec
-    indices = clip_indices(len(video["frames"]), spec.num_frames, spec.gap, rng)
+    draw = reference_clip_indices if spec.clip_sampling == "reference" else clip_indices
+    indices = draw(len(video["frames"]), spec.num_frames, spec.gap, rng)
     named = named_frames(video, indices)
     (first, frame0), frames = named[0], [f for _, f in named]
     height, width = frame0.shape[:2]
@@ -310,12 +339,36 @@ class ProcessShard(grain.MapDataset):
     return f"ProcessShard(global={self._global}, local={self._local}, offset={self._offset})"
 
 
+class UniformVideos(grain.MapDataset):
+  """Element k: a video of the parent drawn uniformly by (seed, k) alone, with
+  replacement, as the authors' loader draws one per clip (random.choice)."""
+
+  def __init__(self, parent: grain.MapDataset, seed: int):
+    super().__init__(parent)
+    self._seed = seed
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    rng = np.random.default_rng((self._seed, index))
+    return self._parent[int(rng.integers(len(self._parent)))]
+
+  def __str__(self) -> str:
+    return f"UniformVideos(seed={self._seed})"
+
+
 def build_dataset(source, spec: ClipSpec, *, seed: int, global_batch: int,
                   process_index: int = 0, process_count: int = 1,
                   sample=None) -> grain.MapDataset:
   """Batched, infinite MapDataset of this process's share of every global batch;
-  `sample` turns a video into an example (default: `SampleClip(spec)`)."""
-  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+  `sample` turns a video into an example (default: `SampleClip(spec)`). Videos
+  come once per epoch, reshuffled, or drawn with replacement (spec.clip_sampling)."""
+  videos = grain.MapDataset.source(source)
+  ds = (UniformVideos(videos, seed) if spec.clip_sampling == "reference"
+        else videos.shuffle(seed=seed).repeat(None))
   ds = ds.random_map(sample or SampleClip(spec), seed=seed)
   ds = ProcessShard(ds, global_batch, process_index, process_count)
   return ds.batch(local_batch_size(global_batch, process_count), drop_remainder=True)
