@@ -36,3 +36,9 @@ def test_the_semantic_bound_unites_the_semantics_that_are_mostly_object():
   assert probe.semantic_bound(semantic, truth) == 0.25
   semantic[0, :2, 2:] = 5  # now semantic 2 is all object too
   assert probe.semantic_bound(semantic, truth) == 1.0
+
+
+def test_still_background_counts_the_background_cells_matched_in_place():
+  peaks = np.array([4, 4, 0, 8, 4])  # radius 1: index 4 is zero displacement
+  background = np.array([True, True, True, False, False])
+  assert probe.still_share(peaks, background, radius=1) == 2 / 3

@@ -15,14 +15,22 @@ of the semantic masks at the discovery size) whose pixels are mostly object are
 united, and that union is scored as single-object IoU: what the best choice of
 semantics could give, an upper bound for any proposal rule built on them.
 
+The motion read: frames data.gap apart, each feature cell's best match among
+the partner's cells around it (model.corr_radius, as model.correlation='local'
+reads motion); the share of background cells whose best match is where they
+are. The camera moves less than a cell in that time, so features that can tell
+motion find the background still.
+
   python -m smtc_jax.evaluation.probe --config configs/cpu_synthetic.py --workdir W \\
       [--config.eval.benchmark=davis2017 --config.eval.data_path=SET]
 """
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from smtc_jax.evaluation import davis, evaluate, predictor as predictor_lib
+from smtc_jax.models import smtc
 
 PROBE_RIDGE = 1e-2  # ridge penalty on standardised features
 TRAIN_SPLIT = "train"
@@ -100,6 +108,29 @@ def _semantic_bound(predictor, variables, config, workdir) -> float:
   return float(np.mean(values))
 
 
+def still_share(peaks: np.ndarray, background: np.ndarray, radius: int) -> float:
+  """Share of background cells (bool (N,)) whose best-match index (N,) in the
+  (2 radius + 1)^2 window is its centre: zero displacement."""
+  centre = (2 * radius + 1) ** 2 // 2
+  return float((peaks[background] == centre).mean())
+
+
+def _motion_read(predictor, variables, config, workdir) -> float:
+  _, names, load = evaluate.benchmark_data(config, workdir)
+  gap, radius = config.data.gap, config.model.corr_radius
+  shares = []
+  for name in names:
+    video = load(name)
+    feats = np.asarray(predictor.features(variables, video.frames))  # (F, h, w, D)
+    truth = cell_labels(scores_truth(video), feats.shape[1:3])  # (F, h, w)
+    for t in range(0, len(feats) - gap, gap):
+      tokens = jnp.asarray(feats[t].reshape(1, 1, -1, feats.shape[-1]))
+      corr = smtc.local_correlation(tokens, jnp.asarray(feats[t + gap][None, None]),
+                                    feats.shape[1:3], radius, config.model.corr_temperature)
+      shares.append(still_share(np.asarray(corr[0, 0]).argmax(-1), ~truth[t].reshape(-1), radius))
+  return float(np.mean(shares))
+
+
 def probe(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """{method: {'probe': accuracy, 'semantic_bound': IoU}} for the trained and
   untrained weights (module doc)."""
@@ -113,10 +144,12 @@ def probe(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = fit_ridge(train_x, train_y)
     accuracy = balanced_accuracy(predict(model, test_x), test_y)
     bound = _semantic_bound(predictor, variables, config, workdir)
-    out[method] = {"probe": accuracy, "semantic_bound": bound}
+    still = _motion_read(predictor, variables, config, workdir)
+    out[method] = {"probe": accuracy, "semantic_bound": bound, "still_background": still}
     print(f"{method}: object/background linear probe, balanced accuracy {accuracy:.3f} "
           f"({len(train_y)} training cells, {len(test_y)} {config.eval.split} cells, "
-          f"{test_y.mean():.2f} object); best union of semantics: IoU {bound:.3f}")
+          f"{test_y.mean():.2f} object); best union of semantics: IoU {bound:.3f}; "
+          f"background found still {config.data.gap} frames on: {still:.2f}")
   return out
 
 
