@@ -385,3 +385,93 @@ def test_scorer_writes_the_official_tools_files_byte_for_byte(tmp_path, task):
     _, by_object = davis.score_folder(root, ours, task, processes=1, row_order="object")
     official_rows = _sequence_rows(os.path.join(official, "per-sequence_results-val.csv"))
     assert any(official_rows[n] != [f"{j:.3f}", f"{f:.3f}"] for n, j, f in by_object)
+
+
+# ---------------------------------------------------------------------------
+# The SMTC authors' protocol (their copy of davis2017-evaluation).
+# ---------------------------------------------------------------------------
+
+def _their_reading(gt_labels, frame_candidates):
+  """Their scorer written out from their code, pixel by pixel: results.py
+  load_davis resizes each candidate with F.interpolate's default 'nearest'
+  (source = floor(i * (in / out)), float32), min-max normalises it over the frame,
+  keeps > 0.3 and zero-pads every frame to the largest count; evaluation.py
+  _evaluate_unsupervised pads to the object count, scores every (proposal, object)
+  in every frame with void removed and assigns them per frame (Hungarian on J + F);
+  objects are the first frame's labels (davis.py get_all_masks)."""
+  from scipy.optimize import linear_sum_assignment  # pylint: disable=g-import-not-at-top
+  frames, height, width = gt_labels.shape
+  void = gt_labels == 255
+  labels = np.where(void, 0, gt_labels)
+  objects = [labels == i for i in range(1, int(labels[0].max()) + 1)]
+  count = max(max(len(c) for c in frame_candidates), len(objects))
+  res = np.zeros((count, frames, height, width), bool)
+  for t, candidates in enumerate(frame_candidates):
+    for k, small in enumerate(candidates):
+      h, w = small.shape
+      big = np.zeros((height, width), np.float32)
+      for y in range(height):
+        for x in range(width):
+          sy = min(int(np.floor(np.float32(y) * (np.float32(h) / np.float32(height)))), h - 1)
+          sx = min(int(np.floor(np.float32(x) * (np.float32(w) / np.float32(width)))), w - 1)
+          big[y, x] = small[sy, sx]
+      with np.errstate(invalid="ignore"):
+        res[k, t] = (big - big.min()) / (big.max() - big.min()) > 0.3
+  js, fs = [], []
+  for t in range(frames):
+    j = np.array([[davis.j_measure(o[t], r[t], void[t]) for o in objects] for r in res])
+    f = np.array([[davis.f_measure(o[t], r[t], void[t]) for o in objects] for r in res])
+    rows, cols = linear_sum_assignment(-(j + f))
+    js.append(j[rows, cols])
+    fs.append(f[rows, cols])
+  return np.stack(js, axis=-1), np.stack(fs, axis=-1)
+
+
+def _authors_fixture():
+  """Three 12 x 17 frames, two objects (the second gone in frame 2, void in frame 1)
+  and each frame's soft candidates on a 3 x 5 grid: overlapping ones, one whose values
+  all lie below 0.3 (min-max lifts it), one at exactly 0.3 in places, one constant
+  (empty); counts 3, 1 and 2."""
+  rng = np.random.default_rng(4)
+  gt = np.zeros((3, 12, 17), np.uint8)
+  gt[:, 2:7, 3:9] = 1
+  gt[:2, 6:11, 9:15] = 2
+  gt[1, 0, :] = 255
+  low = np.full((3, 5), 0.1, np.float32)
+  low[0:2, 1:3] = 0.2
+  candidates = [
+      np.stack([low, rng.uniform(size=(3, 5)), np.array([0.0, 0.3, 1.0])[np.arange(15).reshape(
+          3, 5) % 3]]),  # the last: cells exactly at the threshold after min-max
+      rng.uniform(size=(1, 3, 5)),
+      np.stack([np.full((3, 5), 0.7), low.T[:3, :3].repeat(2, 1)[:, :5]]),
+  ]
+  return gt, [c.astype(np.float32) for c in candidates]
+
+
+def test_authors_protocol_scores_as_their_scorer_reads_and_matches():
+  gt, candidates = _authors_fixture()
+  j, f = davis.evaluate_authors(gt, candidates)
+  their_j, their_f = _their_reading(gt, candidates)
+  np.testing.assert_allclose(j, their_j)
+  np.testing.assert_allclose(f, their_f)
+  assert j.shape == (2, 3)
+  # The rule's parts, each visible: min-max lifts the low candidate (no pixel above
+  # 0.3 before it), the constant one is empty, and the absent object of frame 2
+  # meets an empty padding proposal (J = 1).
+  assert davis.authors_mask(candidates[0][0], (12, 17)).any()
+  assert not davis.authors_mask(candidates[2][0], (12, 17)).any()
+  assert j[:, 2].max() == 1.0
+  # Scored as one labelled map per frame instead, the figure differs.
+  labels = np.stack([np.argmax(np.concatenate([np.zeros((1, 12, 17)), np.stack(
+      [davis.authors_mask(c, (12, 17)) for c in frame])]), axis=0) for frame in candidates])
+  official = davis.evaluate_sequence(gt, labels, "unsupervised", "frame")
+  assert davis.mean_jf(*official) != pytest.approx(davis.mean_jf(j, f))
+
+
+@pytest.mark.parametrize("size_in,size_out", [(2, 282), (3, 423), (30, 480), (50, 854), (7, 5)])
+def test_nearest_indices_are_pytorchs_default_resize(size_in, size_out):
+  # (2, 282) and (3, 423): floor(i * in / out) in exact arithmetic differs from PyTorch's.
+  torch = pytest.importorskip("torch")
+  source = torch.arange(size_in, dtype=torch.float32).view(1, 1, 1, size_in)
+  expected = torch.nn.functional.interpolate(source, (1, size_out))[0, 0, 0].numpy()
+  np.testing.assert_array_equal(davis.nearest_indices(size_in, size_out), expected.astype(int))

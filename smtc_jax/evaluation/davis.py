@@ -189,12 +189,8 @@ def evaluate_sequence(gt_labels, res_labels, task: str, matching: str = "video",
   """
   if row_order not in ROW_ORDERS:
     raise ValueError(f"row_order must be one of {ROW_ORDERS}, got {row_order!r}")
-  gt_labels = np.asarray(gt_labels)
-  void = gt_labels == VOID_LABEL
-  gt_labels = np.where(void, 0, gt_labels)
-  if num_objects is None:
-    num_objects = int(gt_labels[0].max())
-  gt = object_masks(gt_labels, num_objects)
+  gt, void = _objects(gt_labels, num_objects)
+  num_objects = gt.shape[0]
   num_res = int(np.asarray(res_labels).max())
   res = object_masks(np.asarray(res_labels), num_res)
   if task == "semi-supervised":
@@ -208,10 +204,39 @@ def evaluate_sequence(gt_labels, res_labels, task: str, matching: str = "video",
     raise ValueError(f"task must be 'semi-supervised' or 'unsupervised', got {task!r}")
   if num_res > max_proposals:
     raise ValueError(f"result has {num_res} proposals, more than the {max_proposals} allowed")
-  if num_res < num_objects:
-    res = np.concatenate([res, np.zeros((num_objects - num_res, *res.shape[1:]), bool)])
-  j = np.stack([np.stack([j_measures(gt[i], r, void) for i in range(num_objects)]) for r in res])
-  f = np.stack([np.stack([f_measures(gt[i], r, void) for i in range(num_objects)]) for r in res])
+  return _unsupervised(gt, void, lambda k: res[k], num_res, matching, row_order)
+
+
+def evaluate_proposals(gt_labels, proposal, count: int, matching: str = "video",
+                       num_objects=None, row_order: str = "proposal"):
+  """evaluate_sequence's unsupervised task for proposals that may overlap, given
+  one at a time: proposal(k) -> (F, H, W) bool for k < count (the SMTC authors'
+  tool reads such masks, matching per frame)."""
+  gt, void = _objects(gt_labels, num_objects)
+  return _unsupervised(gt, void, proposal, count, matching, row_order)
+
+
+def _objects(gt_labels, num_objects):
+  """((objects, F, H, W) bool masks, (F, H, W) bool void) of ground-truth labels;
+  num_objects None: the first frame's largest label."""
+  gt_labels = np.asarray(gt_labels)
+  void = gt_labels == VOID_LABEL
+  gt_labels = np.where(void, 0, gt_labels)
+  if num_objects is None:
+    num_objects = int(gt_labels[0].max())
+  return object_masks(gt_labels, num_objects), void
+
+
+def _unsupervised(gt, void, proposal, count: int, matching: str, row_order: str):
+  """(J, F) of the unsupervised task: (objects, F, H, W) gt masks against proposals
+  proposal(k) for k < count, padded with empty ones up to the object count."""
+  num_objects = gt.shape[0]
+  if row_order not in ROW_ORDERS:
+    raise ValueError(f"row_order must be one of {ROW_ORDERS}, got {row_order!r}")
+  empty = np.zeros(gt.shape[1:], bool)
+  masks = (proposal(k) if k < count else empty for k in range(max(count, num_objects)))
+  pairs = [[(j_measures(g, r, void), f_measures(g, r, void)) for g in gt] for r in masks]
+  j, f = (np.asarray([[pair[i] for pair in row] for row in pairs]) for i in (0, 1))
   # j, f: (proposals, objects, frames)
   if matching == "video":
     rows, cols = _assign(j.mean(axis=2), f.mean(axis=2), row_order)
@@ -224,6 +249,48 @@ def evaluate_sequence(gt_labels, res_labels, task: str, matching: str = "video",
       j_out[:, t], f_out[:, t] = j[rows, cols, t], f[rows, cols, t]
     return j_out, f_out
   raise ValueError(f"matching must be 'video' or 'frame', got {matching!r}")
+
+
+AUTHORS_THRESHOLD = 0.3  # their results.py load_davis: a candidate min-max normalised, > 0.3
+AUTHORS_MAX_PROPOSALS = 300  # their evaluation.py _evaluate_unsupervised's limit
+
+
+def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+  """(size_out,) source index of each output pixel under PyTorch's default
+  'nearest' resize (F.interpolate): floor(i * in / out), in float32 as it computes."""
+  scale = np.float32(size_in) / np.float32(size_out)
+  index = np.floor(np.arange(size_out, dtype=np.float32) * scale).astype(np.int64)
+  return np.minimum(index, size_in - 1)
+
+
+def authors_mask(candidate, size) -> np.ndarray:
+  """(H, W) bool: an (h, w) soft candidate mask as the SMTC authors' results.py
+  `load_davis` reads it: nearest-upsampled to the annotation's size, min-max
+  normalised, above AUTHORS_THRESHOLD. A constant candidate is empty (their
+  0 / 0 is NaN, never above the threshold)."""
+  rows, cols = (nearest_indices(n, m) for n, m in zip(np.shape(candidate), size))
+  big = np.asarray(candidate, np.float32)[rows][:, cols]
+  low, high = big.min(), big.max()
+  if not high > low:
+    return np.zeros(size, bool)
+  return (big - low) / (high - low) > np.float32(AUTHORS_THRESHOLD)
+
+
+def evaluate_authors(gt_labels, frame_candidates, num_objects=None):
+  """Per-object, per-frame (J, F) of each frame's soft candidates as the SMTC
+  authors' copy of davis2017-evaluation scores them: read by authors_mask (so
+  they may overlap), padded with empty masks to the most any frame has, the
+  (proposal, object) pairs assigned in each frame. frame_candidates: per frame,
+  (K_t, h, w) candidate masks without ids, as their eval_multi.py saves them."""
+  count = max((len(m) for m in frame_candidates), default=0)
+  if count > AUTHORS_MAX_PROPOSALS:
+    raise ValueError(f"a frame has {count} candidates, more than the {AUTHORS_MAX_PROPOSALS} "
+                     f"the authors' tool allows")
+  size = np.asarray(gt_labels).shape[1:]
+  empty = np.zeros(size, bool)
+  proposal = lambda k: np.stack([authors_mask(m[k], size) if k < len(m) else empty
+                                 for m in frame_candidates])
+  return evaluate_proposals(gt_labels, proposal, count, "frame", num_objects)
 
 
 def _assign(j, f, row_order: str):
