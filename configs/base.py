@@ -293,6 +293,12 @@ def get_eval_config() -> ml_collections.ConfigDict:
   # paper), or cos >= loss.tau2 alone (code: eval_multi.py's score >= 0.5).
   e.candidates = "eq11"  # eq11 | score
   e.unsupervised_matching = "video"  # video (official) | frame (authors' repo).
+  # How multi-object J&F is scored: the official DAVIS-2017 tool on the proposals'
+  # label maps (paper), or the authors' copy of it (davis2017/results.py load_davis):
+  # each frame's candidate masks nearest-upsampled, min-max normalised and thresholded
+  # at 0.3 (they may overlap), matched to objects per frame (unsupervised_matching
+  # and max_proposals do not apply). Their released model's figure is theirs: 44.8.
+  e.protocol = "official"  # official | authors
   e.params = "params"  # which weights are evaluated: params (student) | ema_params (teacher)
   # The size (H, W) discovery runs the model at; () = data.resolution, the training
   # size (the paper does not say; the code's eval_multi.py runs at (480, 800) after

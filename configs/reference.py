@@ -58,6 +58,9 @@ def get_config():
   # Their inference (eval_multi.py): proposals by the score cos(S_n, O_np) >= 0.5
   # alone, without eq. 11's area criterion, the model run on frames resized to 480 x 800.
   config.eval.candidates = "score"
+  # eval.protocol stays 'official' (base): the figures then compare with published
+  # ones and with the paper's; --config.eval.protocol=authors scores as their copy
+  # of davis2017-evaluation does (their released model's 44.8).
   config.eval.discovery_resolution = (480, 800)
   # eval_prop.py propagates with the last block's output tokens, before the final
   # LayerNorm (not the keys that feed their slot attention).

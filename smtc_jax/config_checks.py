@@ -17,7 +17,7 @@ from smtc_jax import matching
 from smtc_jax.data import photo_videos
 from smtc_jax.data import pipeline
 from smtc_jax.data import synthetic
-from smtc_jax.evaluation import discovery, evaluate, monitor
+from smtc_jax.evaluation import davis, discovery, evaluate, monitor, scores
 from smtc_jax.models import smtc
 
 # The values each string option takes (the modules branch on exactly these).
@@ -305,6 +305,7 @@ def check_eval(config, mode: str) -> list[str]:
   e = config.eval
   out = [*one_of(config, "eval.benchmark", tuple(evaluate.TASKS)),
          *one_of(config, "eval.unsupervised_matching", MATCHINGS),
+         *one_of(config, "eval.protocol", scores.PROTOCOLS),
          *one_of(config, "eval.params", EVAL_PARAMS),
          *one_of(config, "eval.candidates", discovery.CANDIDATE_RULES),
          *one_of(config, "eval.background", discovery.BACKGROUND_RULES),
@@ -325,6 +326,10 @@ def check_eval(config, mode: str) -> list[str]:
   if not 1 <= e.max_proposals <= discovery.MAX_PROPOSALS:
     out.append(f"eval.max_proposals={e.max_proposals!r} must lie in [1, {discovery.MAX_PROPOSALS}] "
                f"(proposals are 8-bit label maps)")
+  slots = config.model.num_semantics * config.model.num_instances
+  if e.protocol == "authors" and slots > davis.AUTHORS_MAX_PROPOSALS:
+    out.append(f"eval.protocol='authors' scores at most {davis.AUTHORS_MAX_PROPOSALS} candidates "
+               f"per frame; model.num_semantics x model.num_instances = {slots}")
   out += _discovery_size(config, "eval.discovery_resolution", "the training size")
   if e.benchmark == "jhmdb":
     out += one_of(config, "eval.split", JHMDB_SPLITS)

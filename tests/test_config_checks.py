@@ -9,7 +9,7 @@ import pytest
 
 from smtc_jax import config_checks
 from smtc_jax.data import pipeline
-from smtc_jax.evaluation import discovery
+from smtc_jax.evaluation import discovery, scores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["base", "reference", "tiny", "cpu_synthetic", "tpu_v4", "gpu"]
@@ -29,7 +29,7 @@ STRING_OPTIONS = {
     "init.scope": config_checks.INIT_SCOPES, "eval.unsupervised_matching": config_checks.MATCHINGS,
     "eval.params": config_checks.EVAL_PARAMS, "eval.candidates": discovery.CANDIDATE_RULES,
     "eval.background": discovery.BACKGROUND_RULES, "eval.tracks": discovery.TRACK_RULES,
-    "data.clip_sampling": pipeline.CLIP_SAMPLINGS,
+    "data.clip_sampling": pipeline.CLIP_SAMPLINGS, "eval.protocol": scores.PROTOCOLS,
 }
 
 
@@ -120,6 +120,16 @@ def test_numbers_and_paths_out_of_range_are_named(field, value, message):
   config = _config()
   _set(config, field, value)
   assert config_checks.problems(config, "train", "/tmp/w") == [message]
+
+
+def test_authors_protocol_names_a_model_with_more_candidates_than_their_tool_takes():
+  config = _config()
+  config.eval.protocol = "authors"
+  assert config_checks.problems(config, "eval", "/tmp/w") == []
+  config.model.num_semantics, config.model.num_instances = 76, 4
+  assert config_checks.problems(config, "eval", "/tmp/w") == [
+      "eval.protocol='authors' scores at most 300 candidates per frame; model.num_semantics x "
+      "model.num_instances = 304"]
 
 
 def test_eval_reads_no_init_checkpoint_and_does_not_need_one():

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 
 from configs import tiny
 from smtc_jax import checkpoint, sharding, train
-from smtc_jax.evaluation import davis, discovery, evaluate, monitor, predictor, readers
+from smtc_jax.evaluation import davis, discovery, evaluate, monitor, predictor, readers, writers
 from smtc_jax.evaluation import scores as scores_lib
 from smtc_jax.models import smtc
 from tests import benchmark_layouts as layouts
@@ -360,6 +360,33 @@ def test_eq11_candidates_need_a_large_semantic_and_the_score_rule_does_not():
   # Semantic 1 covers 1/4 < tau1 of the frame: by eq. 11 its instance is no object.
   np.testing.assert_array_equal(paper[0], [[1, 1], [1, 0]])
   np.testing.assert_array_equal(code[0], [[1, 1], [1, 2]])
+
+
+def test_eval_protocol_authors_scores_each_frames_overlapping_candidates(monkeypatch):
+  outputs = _two_semantics_outputs()
+  # Instance (1, 0) also reaches cell 2, which (0, 0) wins in the label map; min-max
+  # normalised, 0.8 lies above 0.3 there, so its candidate covers cells 2 and 3.
+  outputs["object_masks"][0, 0, 1, 0] = [0.5, 0.5, 0.8, 0.9]
+  config = tiny.get_config()
+  config.data.resolution, config.data.num_frames = (16, 16), 1  # a 2 x 2 grid, one frame
+  config.model.num_semantics, config.model.num_instances = 2, 2
+  config.eval.candidates = "score"
+  video = readers.Video("v", np.zeros((1, 2, 2, 3), np.uint8), np.ones(1, bool),
+                        unsupervised_labels=np.array([[[0, 0], [1, 1]]], np.uint8))
+  scored = {}
+  for protocol in scores_lib.PROTOCOLS:
+    config.eval.protocol = protocol
+    method = predictor.Predictor(config)
+    monkeypatch.setattr(method, "clips", lambda variables, frames: outputs)
+    values, _ = evaluate.evaluate_method(method, None, video, ("jf_discovery",))
+    scored[protocol] = davis.mean_jf(*values["jf_discovery"])
+  # Official: the label map gives the object's row only cell 3 (J = 1/2); the authors'
+  # candidate covers the whole row.
+  assert scored["authors"] == 1.0 and scored["official"] < 0.8
+  candidates = discovery.frame_candidates(outputs, 1, (2, 2), discovery.Candidates(use_area=False))
+  np.testing.assert_allclose(candidates[0].reshape(2, 4), [[0.9, 0.9, 0.9, 0.01],
+                                                           [0.5, 0.5, 0.8, 0.9]], rtol=1e-6)
+  assert "authors' protocol" in writers.column_name("jf_discovery", config.eval)
 
 
 def test_candidate_rule_comes_from_the_config_and_training_thresholds():

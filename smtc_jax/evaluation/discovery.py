@@ -285,6 +285,25 @@ def component_tracks(ids: np.ndarray, tracking: Tracking) -> np.ndarray:
   return out
 
 
+def frame_candidates(outputs: dict, num_frames: int, grid: tuple[int, int],
+                     candidates: Candidates, first_stage_only: bool = False) -> list[np.ndarray]:
+  """Each frame's candidate masks on the token grid, (K_t, h, w) float32 in
+  (semantic, instance) order and without ids: what the authors' eval_multi.py
+  saves for their scorer (the object masks, semantic x instance, of the
+  candidates; with `first_stage_only`, the large semantics' masks). outputs: as
+  discover's; the padding of the last clip dropped."""
+  kept = candidates.of(outputs)  # (C, T, N, P)
+  c, t, n, p = kept.shape
+  if first_stage_only:
+    semantic = np.asarray(outputs["semantic_masks"]).reshape(c * t, n, -1)
+    masks, keep = semantic, candidates.of_semantics(semantic)
+  else:
+    masks = np.asarray(outputs["object_masks"]).reshape(c * t, n * p, -1)
+    keep = kept.reshape(c * t, n * p)
+  return [m[k].reshape(-1, *grid).astype(np.float32)
+          for m, k in zip(masks[:num_frames], keep[:num_frames])]
+
+
 def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: tuple[int, int],
              candidates: Candidates, max_proposals: int, first_stage_only: bool = False,
              background: str = "none", border_ratio: float = 0.5,

@@ -82,14 +82,19 @@ def evaluate_method(predictor, variables, video, tasks, paper=None):
   values, predictions = {}, {}
   if any(t in tasks for t in scores.DISCOVERY_TASKS):
     clips = predictor.clips(variables, video.frames)
+    # eval.protocol='authors': multi-object J&F scores each frame's candidates instead.
+    candidates = lambda method: (method.candidates_of_clips(clips, video.frames.shape[0])
+                                 if e.protocol == "authors" else None)
     predictions["discovery"], predictions["semantic"] = predictor.proposals_of_clips(
         clips, video.frames.shape[:3])
     values.update(scores.score_discovery(video, predictions["discovery"], tasks,
-                                         e.unsupervised_matching, e.max_proposals))
+                                         e.unsupervised_matching, e.max_proposals,
+                                         candidates(predictor)))
     if paper is not None:
       proposals, _ = paper.proposals_of_clips(clips, video.frames.shape[:3])
       values[PAPER_KEY] = scores.score_discovery(video, proposals, tasks,
-                                                 e.unsupervised_matching, e.max_proposals)
+                                                 e.unsupervised_matching, e.max_proposals,
+                                                 candidates(paper))
   if any(t in tasks for t in scores.MASK_PROPAGATION_TASKS):
     predictions["propagation"] = propagate_masks(predictor, variables, video.frames,
                                                  video.labels[0], _num_labels(video, tasks))
@@ -107,12 +112,15 @@ PAPER_METHOD = "trained_paper"  # the results row of the trained model under it
 
 
 def evaluate_trivial(video, tasks, e):
-  """Whole frame = one object; frame 0's labels / keypoints copied to every frame."""
+  """Whole frame = one object; frame 0's labels / keypoints copied to every frame.
+  Under the authors' protocol the whole frame is matched per frame, as their tool
+  would score it (their min-max rule would empty a constant candidate)."""
   values = {}
   count = video.frames.shape[0]
   if any(t in tasks for t in scores.DISCOVERY_TASKS):
+    matching = "frame" if e.protocol == "authors" else e.unsupervised_matching
     values.update(scores.score_discovery(video, np.ones(video.frames.shape[:3], np.uint8), tasks,
-                                         e.unsupervised_matching, e.max_proposals))
+                                         matching, e.max_proposals))
   if any(t in tasks for t in scores.MASK_PROPAGATION_TASKS):
     first = np.where(video.labels[0] == davis.VOID_LABEL, 0, video.labels[0])
     values.update(scores.score_masks(video, np.repeat(first[None], count, axis=0), tasks))

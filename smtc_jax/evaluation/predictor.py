@@ -142,6 +142,11 @@ class Predictor:
         e.first_stage_only, background=e.background, border_ratio=e.border_ratio,
         tracking=self.tracking)
 
+  def candidates_of_clips(self, clips, num_frames: int):
+    """Each frame's (K_t, h, w) candidate masks, what the authors' protocol scores."""
+    return discovery.frame_candidates(clips, num_frames, self.grid, self.candidates,
+                                      self.config.eval.first_stage_only)
+
   def feature_size(self, image_size):
     """Frames for label propagation keep their resolution (or are scaled so their
     short side is eval.prop_short_side), cut down to multiples of the encoder

@@ -6,6 +6,9 @@ import numpy as np
 from smtc_jax.evaluation import davis, parts, pose, readers
 
 DISCOVERY_TASKS = ("iou", "jf_discovery")  # what object discovery is scored by
+# eval.protocol, how multi-object discovery is scored: the official DAVIS-2017 tool on
+# the proposals' label maps, or the authors' copy of it on each frame's candidates.
+PROTOCOLS = ("official", "authors")
 MASK_PROPAGATION_TASKS = ("jf_propagation", "miou")  # what propagated masks are scored by
 
 
@@ -23,9 +26,13 @@ def discovery_truth(video: readers.Video, tasks):
 
 
 def score_discovery(video, proposals, tasks, matching: str,
-                    max_proposals: int = davis.MAX_UNSUPERVISED_PROPOSALS) -> dict:
+                    max_proposals: int = davis.MAX_UNSUPERVISED_PROPOSALS,
+                    candidates=None) -> dict:
   """Single-object IoU over annotated frames; multi-object (J, F) per object
-  (eval.unsupervised_matching, at most eval.max_proposals proposals)."""
+  (eval.unsupervised_matching, at most eval.max_proposals proposals). With
+  `candidates` (eval.protocol='authors': per frame, (K_t, h, w) soft masks),
+  multi-object (J, F) scores those as the authors' tool does instead
+  (davis.evaluate_authors)."""
   truth = discovery_truth(video, tasks)[video.annotated]
   proposals = proposals[video.annotated]
   out = {}
@@ -33,7 +40,10 @@ def score_discovery(video, proposals, tasks, matching: str,
     foreground = (truth > 0) & (truth != davis.VOID_LABEL)
     void = truth == davis.VOID_LABEL
     out["iou"] = float(np.mean(davis.j_measures(foreground, proposals > 0, void)))
-  if "jf_discovery" in tasks:
+  if "jf_discovery" in tasks and candidates is not None:
+    annotated = [m for m, scored in zip(candidates, video.annotated) if scored]
+    out["jf_discovery"] = davis.evaluate_authors(truth, annotated)
+  elif "jf_discovery" in tasks:
     out["jf_discovery"] = davis.evaluate_sequence(truth, proposals, "unsupervised", matching,
                                                   max_proposals)
   return out

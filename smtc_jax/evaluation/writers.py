@@ -66,6 +66,8 @@ def write_predictions(out_dir: str, video, predictions: dict, overlay: bool) -> 
 
 
 def column_name(key: str, e) -> str:
+  if key == "jf_discovery" and e.protocol == "authors":
+    return f"{COLUMNS[key]} (authors' protocol)"
   if key == "jf_discovery":
     return f"{COLUMNS[key]} ({e.unsupervised_matching} matching)"
   return COLUMNS.get(key, key.upper())
@@ -109,7 +111,10 @@ def print_summary(summary: dict, weights: dict, e, count: int, root: str) -> Non
           + (f", merges cut at share {e.track_merge_share}" if e.track_merge_share > 0 else "")
           + (f", gaps closed at radius {e.track_gap_radius}" if e.track_gap_radius > 0 else ""),
           "| background rule:", e.background)
-  if "jf_discovery" in keys:
+  if "jf_discovery" in keys and e.protocol == "authors":
+    print("multi-object J&F uses the authors' protocol (NOT official): each frame's candidates, "
+          "min-max normalised and thresholded at 0.3 (they may overlap), matched per frame")
+  elif "jf_discovery" in keys:
     protocol = ("the official once-per-video" if e.unsupervised_matching == "video"
                 else "the per-frame (authors' repo, NOT official)")
     print(f"multi-object J&F uses {protocol} assignment")
