@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base, reference
+from configs import base, reference, tiny
 from smtc_jax.models import smtc
 from tests.conftest import model_rngs
 
@@ -40,23 +40,145 @@ def test_paper_configuration_forward_on_cpu_has_the_expected_shapes():
   assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
 
 
-@pytest.mark.parametrize("variant", [
-    {}, {"model.stages": "semantic"}, {"model.stages": "instance"},
-    {"model.num_semantics": 1}, {"model.slot_input": "rgb"},
-    {"model.slot_input": "correlation"}, {"model.features": "last_keys"},
-    {"model.slot_update": "residual"}, {"model.fusion": "reference"},
-    {"model.corr_partner": "previous"}, {"model.detach_trick": True},
-])
-def test_every_ablation_switch_builds_and_runs(tiny_config, variant):
-  for key, value in variant.items():
-    section, field = key.split(".")
-    tiny_config[section][field] = value
+RNGS = smtc.model_rngs(jax.random.PRNGKey(1))  # fixed draws: partners and instance noise
+CAPTURED = ("encode", "random_partner", "fuse")  # SMTC methods whose outputs _run returns
+
+
+def _tiny(**switches):
+  config = tiny.get_config()
+  for field, value in switches.items():
+    config.model[field] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def shared():
+  """One init of the tiny model with every head (fusion='paper', slot_input='fused') and its
+  clip (B=2, T=3): the switch tests apply these variables eagerly, so no model compiles."""
   clip = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 32, 32, 3))
-  _, _, out = _forward(tiny_config, clip)
-  n = tiny_config.model.num_semantics
-  p = 1 if tiny_config.model.stages == "semantic" else tiny_config.model.num_instances
-  assert {k: tuple(v.shape) for k, v in out.items()} == _expected_shapes(2, 3, n, p, 16, 32)
+  variables = smtc.build_model(_tiny()).init({"params": jax.random.PRNGKey(0), **RNGS}, clip)
+  return variables, clip
+
+
+def _run(shared, **switches):
+  """The tiny model with model.<switch> set, applied to the shared variables (heads it does
+  not build are ignored): (model, outputs, what its CAPTURED methods returned)."""
+  variables, clip = shared
+  model = smtc.build_model(_tiny(**switches))
+  out, state = model.apply(variables, clip, rngs=RNGS,
+                           capture_intermediates=lambda _, method: method in CAPTURED)
+  return model, out, {name: value[0] for name, value in state["intermediates"].items()}
+
+
+@pytest.mark.parametrize("stages", ["both", "semantic", "instance"])
+def test_every_output_has_its_shape_and_objects_are_unit_vectors(shared, stages):
+  _, out, _ = _run(shared, stages=stages)
+  p = 1 if stages == "semantic" else 3  # Ours-B: one instance per semantic, itself
+  assert {k: tuple(v.shape) for k, v in out.items()} == _expected_shapes(2, 3, 4, p, 16, 32)
   np.testing.assert_allclose(jnp.linalg.norm(out["objects"], axis=-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fusion,slot_input", [
+    ("paper", "fused"), ("reference", "fused"), ("paper", "rgb"), ("reference", "rgb"),
+    ("paper", "correlation")])
+def test_fusion_and_slot_input_build_their_heads_and_feed_their_sum(shared, fusion, slot_input):
+  model, out, seen = _run(shared, fusion=fusion, slot_input=slot_input)
+  built = jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0), **RNGS}, shared[1])
+  heads = {"h_f": fusion == "paper" and slot_input != "correlation", "h_c": slot_input != "rgb"}
+  assert {"h_f", "h_c"} & set(built["params"]) == {head for head, wanted in heads.items() if wanted}
+  # Eq. 2-3 by hand: the token grid (4 x 4) is the correlation grid, so no resize.
+  params = shared[0]["params"]
+  dense = lambda name, x: x @ params[name]["kernel"] + params[name]["bias"]
+  feats, partner = out["features"], seen["random_partner"]
+  corr = jnp.einsum("btld,btgd->btlg", feats, feats[jnp.arange(2)[:, None], partner])  # C_tj
+  rgb = dense("h_f", feats) if fusion == "paper" else feats  # reference: h_f is the identity
+  expected = {"fused": rgb + dense("h_c", corr), "rgb": rgb,
+              "correlation": dense("h_c", corr)}[slot_input]
+  np.testing.assert_allclose(seen["fuse"], expected, rtol=1e-5, atol=1e-4)
+  # What slot attention reads is that sum (stage 1 draws no noise).
+  stage1 = model.slot_attention.apply({"params": params["slot_attention"]},
+                                      seen["fuse"].reshape(6, 16, 32), jnp.zeros((6, 4, 3, 32)))
+  np.testing.assert_allclose(out["semantic_logits"].reshape(6, 4, 16), stage1["semantic_logits"],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_previous_partner_pairs_each_frame_with_the_one_before(shared):
+  _, previous, seen_previous = _run(shared, corr_partner="previous")
+  model, random, seen_random = _run(shared, corr_partner="random")
+  np.testing.assert_array_equal(seen_previous["random_partner"], [[2, 0, 1]] * 2)  # 0 pairs with 2
+  # 'random' draws its partners from the 'partner' stream, and with these rngs another pairing.
+  _, drawn = model.apply({}, 2, 3, 32, rngs=RNGS, method=smtc.SMTC.random_inputs)
+  np.testing.assert_array_equal(seen_random["random_partner"], drawn)
+  assert (drawn != jnp.arange(3)).all() and (drawn != seen_previous["random_partner"]).any()
+  assert np.abs(previous["semantic_slots"] - random["semantic_slots"]).max() > 1e-4
+
+
+def test_features_feed_the_encoder_output_they_name(shared):
+  variables, clip = shared
+  model = smtc.build_model(_tiny())
+  encoded = model.encoder.apply({"params": variables["params"]["encoder"]},
+                                clip.reshape(6, 32, 32, 3))
+  for features, key, other in [("tokens", "tokens", "keys"), ("last_keys", "keys", "tokens")]:
+    # reference fusion of the RGB term alone: slot attention reads F itself
+    _, out, seen = _run(shared, features=features, fusion="reference", slot_input="rgb")
+    np.testing.assert_allclose(seen["fuse"], encoded[key].reshape(2, 3, 16, 32),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out["features"], seen["fuse"], rtol=1e-6, atol=1e-6)
+    assert np.abs(seen["fuse"] - encoded[other].reshape(2, 3, 16, 32)).max() > 1e-2
+
+
+def _slot_inputs(b=2):
+  keys = jax.random.split(jax.random.PRNGKey(5), 2)
+  return jax.random.normal(keys[0], (b, 16, 32)), jax.random.normal(keys[1], (b, 4, 3, 32))
+
+
+def test_residual_update_builds_no_gru_and_adds_each_read_out(shared):
+  params = shared[0]["params"]["slot_attention"]  # built with the GRU
+  residual = smtc.build_model(_tiny(slot_update="residual")).slot_attention
+  inputs, noise = _slot_inputs()
+  built = jax.eval_shape(residual.init, jax.random.PRNGKey(0), inputs, noise)["params"]
+  assert "gru" in params and set(built) == set(params) - {"gru"}
+  # Values all c and the slot MLP's output 0: the read-out of every iteration is c, so the
+  # residual update leaves mu + iterations * c; the GRU does not.
+  c = jax.random.normal(jax.random.PRNGKey(6), (32,))
+  zero = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+  params = {**params, "project_v": {"kernel": zero(params["project_v"]["kernel"]), "bias": c},
+            "mlp": {**params["mlp"], "fc2": zero(params["mlp"]["fc2"])}}
+  expected = params["mu"] + residual.num_iterations * c
+  out = residual.apply({"params": params}, inputs, noise)
+  np.testing.assert_allclose(out["semantic_slots"], jnp.broadcast_to(expected, (2, 4, 32)),
+                             rtol=1e-5, atol=1e-5)
+  gru = smtc.build_model(_tiny()).slot_attention
+  gru_slots = gru.apply({"params": params}, inputs, noise)["semantic_slots"]
+  assert np.abs(gru_slots - expected).max() > 0.1
+
+
+def test_detach_trick_changes_the_gradients_not_the_forward(shared):
+  params = shared[0]["params"]["slot_attention"]
+  trick = smtc.build_model(_tiny(detach_trick=True, stages="semantic")).slot_attention
+  plain = trick.clone(detach_trick=False)
+  inputs, noise = _slot_inputs(b=1)
+  weights = jax.random.normal(jax.random.PRNGKey(7), (1, 4, 32))
+  slots = lambda module, p: module.apply({"params": p}, inputs, noise)["semantic_slots"]
+  loss = lambda module, p: jnp.sum(weights * slots(module, p))
+  np.testing.assert_allclose(loss(trick, params), loss(plain, params), rtol=1e-5)
+  grads = jax.grad(lambda p: loss(trick, p))(params)
+  # With the trick only the last iteration passes gradients, from where the others left the
+  # slots, plus a straight path to mu: one iteration started there has the same gradients.
+  k = trick.num_iterations
+  before_last = plain.clone(num_iterations=k - 1).apply({"params": params}, inputs, noise)
+  last = plain.clone(num_iterations=1)
+  expected = jax.grad(lambda p: loss(last, p))({**params, "mu": before_last["semantic_slots"][0]})
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, expected)
+  full = jax.grad(lambda p: loss(plain, p))(params)
+  assert np.abs(full["project_k"]["kernel"] - grads["project_k"]["kernel"]).max() > 1e-4
+
+
+@pytest.mark.parametrize("field,value", [
+    ("mask_threshold_on", "logit"), ("stages", "instance"), ("sample_grad", "none")])
+def test_slot_attention_switches_reach_the_module(field, value):
+  # What the module does with each: tests/test_slot_attention.py.
+  assert getattr(smtc.build_model(_tiny(**{field: value})).slot_attention, field) == value
 
 
 def test_reference_config_runs_at_tiny_size(tiny_config):
