@@ -38,7 +38,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.resnet = ml_collections.ConfigDict()
   m.resnet.stage_blocks = (3, 4, 6, 3)
   m.resnet.stage_strides = (1, 2, 2, 2)
-  m.resnet.feature_stage = "res4"  # stride 16, 1024 channels at the default strides
+  m.resnet.feature_stage = "res4"  # res2 | res3 | res4 | res5: res4 is stride 16, 1024 channels
   # What feeds slot attention: the last block's output tokens (paper, F_t of eq. 1)
   # or the last block's attention keys, heads concatenated (authors' code).
   m.features = "tokens"  # tokens | last_keys
@@ -111,7 +111,7 @@ def get_loss_config() -> ml_collections.ConfigDict:
   # logits over teacher_temperature (below 1 sharpens).
   l.teacher_centre_steps = 0
   l.teacher_centre_share = 0.0
-  l.teacher_centre_gate = "latch"
+  l.teacher_centre_gate = "latch"  # latch | step
   l.teacher_temperature = 1.0
   # Valid instances (eq. 11). The semantic mask is binarised at probability
   # valid_mask_tau (paper: the same tau = 0.5 as eq. 7; code: 0.3).

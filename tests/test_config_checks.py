@@ -2,47 +2,84 @@
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
+from configs import base
 from smtc_jax import config_checks
-from smtc_jax.data import pipeline
-from smtc_jax.evaluation import discovery, scores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["base", "reference", "tiny", "cpu_synthetic", "tpu_v4", "gpu"]
+# String fields that hold paths or names, not one of a few values (eval.split is
+# checked against JHMDB's splits only when the benchmark is jhmdb).
+FREE_TEXT = {"data.path", "data.split", "data.tfds_name", "data.tfds_data_dir",
+             "data.tfds_frames_key", "init.checkpoint", "eval.data_path", "eval.split",
+             "train.logdir"}
+# What a value needs beside it to pass (the checker names that combination itself).
+NEEDS = {("model.stages", "instance"): {"loss.sem_weight": 0.0, "loss.reg_weight": 0.0}}
 
-# Every string option and the values it takes.
-STRING_OPTIONS = {
-    "model.encoder": config_checks.ENCODERS, "model.features": config_checks.FEATURES,
-    "model.corr_partner": config_checks.CORR_PARTNERS, "model.fusion": config_checks.FUSIONS,
-    "model.correlation": config_checks.CORRELATIONS,
-    "model.slot_input": config_checks.SLOT_INPUTS, "model.slot_update": config_checks.SLOT_UPDATES,
-    "model.mask_threshold_on": config_checks.MASK_THRESHOLDS, "model.stages": config_checks.STAGES,
-    "model.sample_grad": config_checks.SAMPLE_GRADS, "model.dtype": config_checks.DTYPES,
-    "model.resnet.feature_stage": config_checks.RESNET_STAGES,
-    "loss.sinkhorn_marginals": config_checks.SINKHORN_MARGINALS,
-    "loss.instance_form": config_checks.INSTANCE_FORMS, "data.source": config_checks.DATA_SOURCES,
-    "data.layout": config_checks.LAYOUTS, "train.ema_scope": config_checks.EMA_SCOPES,
-    "init.scope": config_checks.INIT_SCOPES, "eval.unsupervised_matching": config_checks.MATCHINGS,
-    "eval.params": config_checks.EVAL_PARAMS, "eval.candidates": discovery.CANDIDATE_RULES,
-    "eval.background": discovery.BACKGROUND_RULES, "eval.tracks": discovery.TRACK_RULES,
-    "data.clip_sampling": pipeline.CLIP_SAMPLINGS, "eval.protocol": scores.PROTOCOLS,
-}
+
+def _string_fields(node, prefix=""):
+  for key, value in node.items():
+    if hasattr(value, "items"):
+      yield from _string_fields(value, f"{prefix}{key}.")
+    elif isinstance(value, str):
+      yield prefix + key
+
+
+def _documented_options():
+  """{field: allowed values} from configs/base.py's comments: `x.field = "v"  # a | b | c`,
+  or `# a | b | c` in the comment lines just above; a value is the word beside its `|`
+  (what follows a colon in the first part, e.g. `# compute dtype: float32 | bfloat16`)."""
+  fields = list(_string_fields(base.get_config()))
+  found, above = {}, []
+  with open(os.path.join(REPO, "configs", "base.py")) as f:
+    for line in f:
+      line = line.strip()
+      if line.startswith("#"):
+        above.append(line[1:])
+        continue
+      assignment = re.match(r'\w+\.([\w.]+) = "[^"]*"\s*(?:#(.*))?$', line)
+      comments, above = ([assignment.group(2) or ""] + above if assignment else []), []
+      comment = next((c for c in comments if "|" in c), None)
+      if comment is None:
+        continue
+      first, *rest = comment.split("|")
+      values = [re.match(r"\s*(\w+)", part).group(1) for part in [first.rsplit(":", 1)[-1], *rest]]
+      field, = [f for f in fields if f.endswith("." + assignment.group(1))]  # its section
+      found[field] = values
+  return found
+
+
+DOCUMENTED = _documented_options()
+
+
+def test_every_string_option_documents_its_values():
+  # A new option without `# a | b` fails here; the four below once went unchecked.
+  assert set(_string_fields(base.get_config())) - FREE_TEXT == set(DOCUMENTED)
+  assert {"data.augment.hue_space", "eval.prop_features", "loss.teacher_centre_gate",
+          "eval.benchmark"} <= set(DOCUMENTED)
+  assert DOCUMENTED["model.dtype"] == ["float32", "bfloat16"]
+  assert DOCUMENTED["data.synthetic.kind"] == ["shapes", "photo_blobs", "photo_silhouettes"]
 
 
 def _config(name="cpu_synthetic"):
   return importlib.import_module(f"configs.{name}").get_config()
 
 
-def _set(config, field, value):
-  *path, last = field.split(".")
+def _get(config, field):
   node = config
-  for key in path:
+  for key in field.split("."):
     node = node[key]
-  node[last] = value
+  return node
+
+
+def _set(config, field, value):
+  section, last = field.rsplit(".", 1)
+  _get(config, section)[last] = value
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -57,24 +94,27 @@ def test_training_needs_its_data_path_but_the_embedded_default_runs_as_is():
       "data.source='frames' needs data.path (a DAVIS or YouTube-VOS folder)"]
 
 
-@pytest.mark.parametrize("field", sorted(STRING_OPTIONS))
-def test_every_string_option_names_the_field_and_its_allowed_values(field):
+@pytest.mark.parametrize("field", sorted(DOCUMENTED))
+def test_the_checker_accepts_exactly_the_documented_values(field):
+  for value in DOCUMENTED[field]:
+    config = _config()
+    _set(config, field, value)
+    for other, needed in NEEDS.get((field, value), {}).items():
+      _set(config, other, needed)
+    assert config_checks.problems(config, "export", "/tmp/w") == [], value
   config = _config()
   _set(config, field, "foo")
-  found = config_checks.problems(config, "train", "/tmp/w")
-  assert found[0] == (f"{field}='foo' is not one of "
-                      f"{', '.join(repr(a) for a in STRING_OPTIONS[field])}")
+  found = config_checks.problems(config, "export", "/tmp/w")
+  assert len(found) == 1 and found[0].startswith(f"{field}='foo' is not one of "), found
+  assert sorted(re.findall(r"'(\w+)'", found[0].split(" is not one of ")[1])) == sorted(
+      DOCUMENTED[field])
 
 
-def test_the_allowed_values_are_the_ones_the_configs_use():
-  # Each shipped value is allowed (no check stricter than the code).
-  for name in CONFIGS:
-    config = _config(name)
-    for field, allowed in STRING_OPTIONS.items():
-      node = config
-      for key in field.split("."):
-        node = node[key]
-      assert node in allowed, (name, field)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_shipped_config_uses_documented_values(name):
+  config = _config(name)
+  for field, allowed in DOCUMENTED.items():
+    assert _get(config, field) in allowed, (field, _get(config, field))
 
 
 @pytest.mark.parametrize("field,value,message", [
