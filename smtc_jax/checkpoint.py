@@ -5,6 +5,7 @@ checkpoint (an export, or a converted PyTorch model)."""
 import dataclasses
 import json
 import os
+import shutil
 
 from absl import logging
 from etils import epath
@@ -22,6 +23,9 @@ from smtc_jax import run_config
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "export"
 UNREADABLE = "unreadable"  # suffix of a checkpoint folder set aside: <step>.unreadable
+# Where Orbax moves an old checkpoint (an atomic rename) before it is removed:
+# a kill during the removal leaves no part of a step under its step's name.
+DELETING = "deleting"
 # TrainState fields added after checkpoints were first written: a checkpoint
 # without one restores with the field's initial value (the state passed in).
 LATER_STATE_FIELDS = ("teacher_centre_fired",)
@@ -37,10 +41,29 @@ def _resolve(path: str) -> str:
 
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  """The training manager; it removes what a killed run left in DELETING."""
   t = config.train
+  directory = _resolve(os.path.join(workdir, CHECKPOINT_DIR))
+  _remove_deleted(directory)
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=t.keep_checkpoints, enable_async_checkpointing=t.async_checkpoints)
-  return ocp.CheckpointManager(_resolve(os.path.join(workdir, CHECKPOINT_DIR)), options=options)
+      max_to_keep=t.keep_checkpoints, enable_async_checkpointing=t.async_checkpoints,
+      todelete_subdir=DELETING)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def _remove_deleted(directory) -> None:
+  """Remove the old checkpoints moved to DELETING (process 0; on gs:// Orbax
+  deletes in place and there is no such folder)."""
+  if not is_remote(str(directory)) and jax.process_index() == 0:
+    shutil.rmtree(os.path.join(directory, DELETING), ignore_errors=True)
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+  """Wait for the last write (which moves the old steps to DELETING), remove
+  them, and close the manager."""
+  manager.wait_until_finished()
+  _remove_deleted(manager.directory)
+  manager.close()
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter,
@@ -49,6 +72,8 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iter,
   loop decides when). Orbax writes into `<step>.orbax-checkpoint-tmp` and
   renames it when complete, so a save killed half-way never shadows the
   previous checkpoint."""
+  manager.wait_until_finished()  # as manager.save would: the previous write moved its old steps
+  _remove_deleted(manager.directory)
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)),
                force=True, custom_metadata=_config_metadata(config))

@@ -465,8 +465,7 @@ def run_loop(config, stage: Stage, state, data_iter, mesh, manager, writer,
                       discovery_monitor)
   finally:
     watch.close()
-    manager.wait_until_finished()
-    manager.close()
+    checkpoint.close(manager)
     writer.close()
 
 

@@ -1,9 +1,12 @@
 """What a run does when things break, run as a user runs it (`python -m smtc_jax.main`
-on the tiny config): damaged checkpoints, SIGTERM, a kill during the save, two
-jobs on one workdir, a diverging run, and what the console shows meanwhile."""
+on the tiny config): damaged checkpoints, SIGTERM, a kill during the save, kills at
+random moments, two jobs on one workdir, a diverging run, and what the console
+shows meanwhile."""
 
 import glob
+import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -324,6 +327,119 @@ def test_a_kill_during_the_next_preemption_save_leaves_the_saved_step_to_resume_
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resuming at step {saved} of {saved + 2}" in resumed.stdout
   assert f"step {saved + 2}/{saved + 2} |" in resumed.stdout
+
+
+# A test-only wrapper around `python -m smtc_jax.main` that makes two moments
+# long enough to be hit by a kill: each checkpoint's data-iterator write prints
+# "saving <folder>" on stderr and pauses PAUSE s before writing; the removal of
+# an old checkpoint prints "deleting <folder>" and pauses after its first file.
+PAUSE = 0.6
+SLOW_SAVE = f"""
+import os, re, runpy, sys, time
+import grain
+save = grain.checkpoint.CheckpointHandler.save
+def slow_save(self, directory, *args, **kwargs):
+  print("saving", directory, file=sys.stderr, flush=True)
+  time.sleep({PAUSE})
+  save(self, directory, *args, **kwargs)
+  print("saved", directory, file=sys.stderr, flush=True)
+grain.checkpoint.CheckpointHandler.save = slow_save
+unlink, deleting = os.unlink, set()
+def slow_unlink(path, *, dir_fd=None):
+  unlink(path, dir_fd=dir_fd)
+  folder = os.readlink(f"/proc/self/fd/{{dir_fd}}") if dir_fd is not None else ""
+  step = re.search(r".*/checkpoints/(?:[^/]+/)?[0-9]+(?=/)", os.path.join(folder, os.fsdecode(path)))
+  if step and ".orbax-checkpoint-tmp" not in step.group() and step.group() not in deleting:
+    deleting.add(step.group())
+    print("deleting", step.group(), file=sys.stderr, flush=True)
+    time.sleep({PAUSE})
+os.unlink = slow_unlink
+runpy.run_module("smtc_jax.main", run_name="__main__", alter_sys=True)
+"""
+
+
+def _text(path) -> str:
+  return open(path).read() if os.path.exists(path) else ""
+
+
+def _leaves(tree) -> dict:
+  return {jax.tree_util.keystr(path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.mark.slow
+def test_sigkills_anywhere_then_the_same_command_ends_bit_identical(jobs, trained, tmp_path):
+  # Kills at seeded random moments (inside a checkpoint write, after a step, at
+  # a random time from the start), each followed by the same command, until it
+  # finishes. The reference is `trained`: the same 6 steps, never killed,
+  # checkpointed every 2 steps synchronously (how it saved must not matter).
+  rng = random.Random(35)
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-c", SLOW_SAVE, *jobs.command(
+      workdir, "--config.train.num_steps=6", "--config.train.checkpoint_every=1",
+      "--config.train.async_checkpoints=True")[3:]]
+  plan = ["write", "write", "step", "start"]
+  rng.shuffle(plan)
+  plan.append("delete")  # last: in the removal of an old checkpoint after the final save
+  landed = []  # (kind, whether the kill hit an unfinished write)
+  for n, kind in enumerate(plan + ["finish"]):
+    out, err = tmp_path / f"job{n}.stdout", tmp_path / f"job{n}.stderr"
+    job = subprocess.Popen(command, cwd=REPO, env=jobs.env, stdout=open(out, "w"),
+                           stderr=open(err, "w"))
+    if kind == "write":  # during this run's first or second checkpoint write
+      k = rng.randint(1, 2)
+      when, delay = lambda k=k: _text(err).count("saving ") >= k, rng.uniform(0.05, 0.35)
+    elif kind == "step":  # anywhere after a step: the next step, a write in the background,
+      k = rng.randint(1, 2)  # the deletion of an old checkpoint
+      when, delay = lambda k=k: _text(out).count("\nstep ") >= k, rng.uniform(0, 1)
+    elif kind == "delete":
+      when = lambda: "deleting " in _text(err).partition(f"/checkpoints/6.")[2]
+      delay = rng.uniform(0.05, 0.35)
+    else:  # start-up, restore, compilation or the first steps (or run to the end)
+      when, delay = lambda: True, rng.uniform(0, 8) if kind == "start" else TIMEOUT
+    deadline = time.time() + TIMEOUT
+    while job.poll() is None and not when() and time.time() < deadline:
+      time.sleep(0.01)
+    try:
+      job.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+      job.send_signal(signal.SIGKILL)
+      job.wait(timeout=TIMEOUT)
+      markers = [line for line in _text(err).splitlines() if line.startswith(("sav", "del"))]
+      in_write = bool(markers) and markers[-1].startswith("saving ")
+      assert not in_write or glob.glob(str(workdir / "checkpoints" / "*.orbax-checkpoint-tmp*"))
+      landed.append((kind, in_write))
+      continue
+    assert job.returncode == 0, _text(err)[-3000:]
+    break
+  assert job.returncode == 0 and "done: step 6" in _text(out), (landed, _text(err)[-3000:])
+  assert len(landed) >= 4 and sum(in_write for _, in_write in landed) >= 2, landed
+  assert landed[-1] == ("delete", False) and "deleting" in markers[-1], markers
+
+  # Parameters, EMA, optimizer state (and every other leaf) bit for bit, and
+  # the data iterator at the same position.
+  reference_step = trained[0] / "checkpoints" / "6"
+  reference = _leaves(checkpoint.load_params(str(reference_step / "state")))
+  got = _leaves(checkpoint.load_params(str(workdir / "checkpoints" / "6" / "state")))
+  assert sorted(got) == sorted(reference)
+  for part in ("['params']", "['ema_params']", "['opt_state']"):
+    assert any(key.startswith(part) for key in got), part
+  for key, leaf in reference.items():
+    assert got[key].dtype == leaf.dtype and np.array_equal(got[key], leaf), key
+  iterator = os.path.join("data", "process_0-of-1.json")
+  assert _text(workdir / "checkpoints" / "6" / iterator) == _text(reference_step / iterator)
+
+  # Every checkpoint left reads back whole (state, data iterator, config: a
+  # half-removed one lacks some); one that did not was set aside, named.
+  warnings = "".join(_text(tmp_path / f"job{n}.stderr") for n in range(len(landed) + 1))
+  for name in _steps(workdir):
+    folder = workdir / "checkpoints" / name
+    if name.isdigit():
+      assert _leaves(checkpoint.load_params(str(folder / "state"))).keys() == reference.keys()
+      json.loads(_text(folder / iterator))
+      assert checkpoint.stored_config(folder) is not None, name
+    else:
+      assert checkpoint.UNREADABLE in name and f"moved to {folder};" in warnings, name
 
 
 def test_a_live_lock_holder_blocks_and_a_killed_one_does_not(tmp_path):
