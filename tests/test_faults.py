@@ -132,11 +132,12 @@ def test_console_shows_the_runs_own_lines_and_the_log_file_keeps_the_rest(jobs, 
   lines = proc.stdout.splitlines()
   assert lines[0] == f"smtc_jax train: workdir {workdir}; full log in {workdir}/train.log"
   assert lines[1] == f"data: 4 videos of {jobs.data}/JPEGImages/480p"
-  assert lines[2].startswith("starting at step 0 of 6 on 1 device(s)")
-  assert [line.split(" |")[0] for line in lines[3:9]] == [f"step {k}/6" for k in range(1, 7)]
-  assert all("ETA" in line for line in lines[3:9])
-  assert lines[9].startswith(f"done: step 6; checkpoints in {workdir}/checkpoints")
-  assert len(lines) == 10 and proc.stderr == ""  # before: ~260 lines of absl/Orbax records
+  assert lines[2] == "watch: off (train.eval_every=0)"  # what the in-training watch scores
+  assert lines[3].startswith("starting at step 0 of 6 on 1 device(s)")
+  assert [line.split(" |")[0] for line in lines[4:10]] == [f"step {k}/6" for k in range(1, 7)]
+  assert all("ETA" in line for line in lines[4:10])
+  assert lines[10].startswith(f"done: step 6; checkpoints in {workdir}/checkpoints")
+  assert len(lines) == 11 and proc.stderr == ""  # before: ~260 lines of absl/Orbax records
   with open(workdir / "train.log") as f:
     log = f.read()
   assert "config:" in log and "checkpoint_manager.py" in log and "step 6/6" in log
