@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from smtc_jax.evaluation import davis, evaluate, predictor as predictor_lib
+from smtc_jax.evaluation import davis, evaluate, predictor as predictor_lib, scores
 from smtc_jax.models import smtc
 
 PROBE_RIDGE = 1e-2  # ridge penalty on standardised features
@@ -67,25 +67,6 @@ def balanced_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
   return float(np.mean(recalls))
 
 
-def _cells(predictor, variables, config, workdir, split):
-  """(features (N, D), object (N,)) of every cell of every frame of a split."""
-  split_config = ml_collections.ConfigDict(config.to_dict())
-  split_config.eval.split = split
-  _, names, load = evaluate.benchmark_data(split_config, workdir)
-  feats, labels = [], []
-  for name in names:
-    video = load(name)
-    truth = scores_truth(video)
-    f = np.asarray(predictor.features(variables, video.frames))  # (F, h, w, D)
-    feats.append(f[video.annotated].reshape(-1, f.shape[-1]))
-    labels.append(cell_labels(truth[video.annotated], f.shape[1:3]).reshape(-1))
-  return np.concatenate(feats), np.concatenate(labels)
-
-
-def scores_truth(video):
-  return video.unsupervised_labels if video.unsupervised_labels is not None else video.labels
-
-
 def semantic_bound(semantic: np.ndarray, truth: np.ndarray) -> float:
   """IoU of objects (truth > 0, void excluded) with the union of the semantics
   (semantic: (F, H, W) ids) whose pixels are mostly object in this video."""
@@ -97,17 +78,6 @@ def semantic_bound(semantic: np.ndarray, truth: np.ndarray) -> float:
   return float((union & objects).sum() / max((union | objects).sum(), 1))
 
 
-def _semantic_bound(predictor, variables, config, workdir) -> float:
-  _, names, load = evaluate.benchmark_data(config, workdir)
-  values = []
-  for name in names:
-    video = load(name)
-    _, semantic = predictor.proposals(variables, video.frames)
-    truth = scores_truth(video)
-    values.append(semantic_bound(semantic[video.annotated], truth[video.annotated]))
-  return float(np.mean(values))
-
-
 def still_share(peaks: np.ndarray, background: np.ndarray, radius: int) -> float:
   """Share of background cells (bool (N,)) whose best-match index (N,) in the
   (2 radius + 1)^2 window is its centre: zero displacement."""
@@ -115,36 +85,62 @@ def still_share(peaks: np.ndarray, background: np.ndarray, radius: int) -> float
   return float((peaks[background] == centre).mean())
 
 
-def _motion_read(predictor, variables, config, workdir) -> float:
-  _, names, load = evaluate.benchmark_data(config, workdir)
+def _videos(config, workdir, split):
+  """The benchmark's videos of `split`, loaded one at a time."""
+  split_config = ml_collections.ConfigDict(config.to_dict())
+  split_config.eval.split = split
+  _, names, load = evaluate.benchmark_data(split_config, workdir)
+  return (load(name) for name in names)
+
+
+def _cells(feats, truth, annotated):
+  """(features (N, D), object (N,)) of every cell of the annotated frames; feats:
+  (F, h, w, D), truth: (F, H, W)."""
+  return (feats[annotated].reshape(-1, feats.shape[-1]),
+          cell_labels(truth[annotated], feats.shape[1:3]).reshape(-1))
+
+
+def _still_shares(feats, truth, config) -> list[float]:
+  """still_share of each frame and the frame data.gap later; feats: (F, h, w, D)."""
   gap, radius = config.data.gap, config.model.corr_radius
+  objects = cell_labels(truth, feats.shape[1:3])  # (F, h, w)
   shares = []
-  for name in names:
-    video = load(name)
-    feats = np.asarray(predictor.features(variables, video.frames))  # (F, h, w, D)
-    truth = cell_labels(scores_truth(video), feats.shape[1:3])  # (F, h, w)
-    for t in range(0, len(feats) - gap, gap):
-      tokens = jnp.asarray(feats[t].reshape(1, 1, -1, feats.shape[-1]))
-      corr = smtc.local_correlation(tokens, jnp.asarray(feats[t + gap][None, None]),
-                                    feats.shape[1:3], radius, config.model.corr_temperature)
-      shares.append(still_share(np.asarray(corr[0, 0]).argmax(-1), ~truth[t].reshape(-1), radius))
-  return float(np.mean(shares))
+  for t in range(0, len(feats) - gap, gap):
+    tokens = jnp.asarray(feats[t].reshape(1, 1, -1, feats.shape[-1]))
+    corr = smtc.local_correlation(tokens, jnp.asarray(feats[t + gap][None, None]),
+                                  feats.shape[1:3], radius, config.model.corr_temperature)
+    shares.append(still_share(np.asarray(corr[0, 0]).argmax(-1), ~objects[t].reshape(-1), radius))
+  return shares
 
 
 def probe(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """{method: {'probe': accuracy, 'semantic_bound': IoU}} for the trained and
-  untrained weights (module doc)."""
+  """{method: {'probe': accuracy, 'semantic_bound': IoU, 'still_background': share}}
+  for the trained and untrained weights (module doc); each video is read once."""
   predictor = predictor_lib.Predictor(config)
   methods = {"trained": predictor_lib.trained_variables(config, workdir)[0],
              "untrained": predictor_lib.untrained_variables(config)[0]}
+  train = {m: [] for m in methods}
+  for video in _videos(config, workdir, TRAIN_SPLIT):
+    truth = scores.discovery_truth(video, ("iou",))
+    for method, variables in methods.items():
+      feats = np.asarray(predictor.features(variables, video.frames))  # (F, h, w, D)
+      train[method].append(_cells(feats, truth, video.annotated))
+  test = {m: {"cells": [], "bounds": [], "still": []} for m in methods}
+  for video in _videos(config, workdir, config.eval.split):
+    truth = scores.discovery_truth(video, ("iou",))
+    for method, variables in methods.items():
+      feats = np.asarray(predictor.features(variables, video.frames))
+      _, semantic = predictor.proposals(variables, video.frames)
+      test[method]["cells"].append(_cells(feats, truth, video.annotated))
+      test[method]["bounds"].append(semantic_bound(semantic[video.annotated],
+                                                   truth[video.annotated]))
+      test[method]["still"].extend(_still_shares(feats, truth, config))
   out = {}
-  for method, variables in methods.items():
-    train_x, train_y = _cells(predictor, variables, config, workdir, TRAIN_SPLIT)
-    test_x, test_y = _cells(predictor, variables, config, workdir, config.eval.split)
-    model = fit_ridge(train_x, train_y)
-    accuracy = balanced_accuracy(predict(model, test_x), test_y)
-    bound = _semantic_bound(predictor, variables, config, workdir)
-    still = _motion_read(predictor, variables, config, workdir)
+  for method in methods:
+    train_x, train_y = map(np.concatenate, zip(*train[method]))
+    test_x, test_y = map(np.concatenate, zip(*test[method]["cells"]))
+    accuracy = balanced_accuracy(predict(fit_ridge(train_x, train_y), test_x), test_y)
+    bound, still = float(np.mean(test[method]["bounds"])), float(np.mean(test[method]["still"]))
     out[method] = {"probe": accuracy, "semantic_bound": bound, "still_background": still}
     print(f"{method}: object/background linear probe, balanced accuracy {accuracy:.3f} "
           f"({len(train_y)} training cells, {len(test_y)} {config.eval.split} cells, "
