@@ -30,6 +30,8 @@ import functools
 import numpy as np
 from scipy import ndimage
 
+from smtc_jax.data import motion
+
 KINDS = ("photo_blobs", "photo_silhouettes")
 MOTORCYCLE = "motorcycle"  # skimage.data.stereo_motorcycle()'s left image
 SPEED = (0.4, 1.6)  # an object's drift, pixels a frame along each axis
@@ -84,29 +86,17 @@ def _horse_mask() -> np.ndarray:
   return horse[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
 
 
-def _smooth_curve(rng, num_frames: int, amplitude: float, curves: int = 1) -> np.ndarray:
-  """(T, curves) slow curves in [-amplitude, amplitude]: the mean of two sines of
-  random period (one to four times the video's length) and phase."""
-  t = np.arange(num_frames, dtype=np.float32)[:, None]
-  periods = rng.uniform(num_frames, 4 * num_frames, (2, curves))
-  phases = rng.uniform(0, 2 * np.pi, (2, curves))
-  return amplitude * np.sin(2 * np.pi * t[None] / periods[:, None] + phases[:, None]).mean(0)
-
-
 def _path(rng, size: int, margin: float, num_frames: int) -> np.ndarray:
-  """(T, 2) x, y centres: a drift of SPEED pixels a frame per axis, turned back at
-  `margin` from the borders, plus a slow sway."""
-  low, high = margin, size - margin
-  position = rng.uniform(low, high, 2)
-  velocity = rng.uniform(*SPEED, 2) * rng.choice([-1.0, 1.0], 2)
-  out = []
-  for _ in range(num_frames):
-    out.append(position.copy())
-    position = position + velocity
-    bounced = (position < low) | (position > high)
-    velocity[bounced] = -velocity[bounced]
-    position = np.clip(position, low, high)
-  return np.stack(out) + _smooth_curve(rng, num_frames, 0.04 * size, 2)
+  """(T, 2) x, y centres: a drift of SPEED bouncing at `margin` from the borders,
+  plus a slow sway."""
+  return (motion.bouncing_path(rng, size, margin, num_frames, SPEED)
+          + _smooth_curve(rng, num_frames, 0.04 * size, 2))
+
+
+def _smooth_curve(rng, num_frames: int, amplitude: float, curves: int = 1) -> np.ndarray:
+  """motion.smooth_curves of one to four times the video's length: slower than the
+  shapes set's."""
+  return motion.smooth_curves(rng, num_frames, amplitude, curves, periods=(1.0, 4.0))
 
 
 def _sample(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

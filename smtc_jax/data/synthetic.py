@@ -26,6 +26,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
+from smtc_jax.data import motion
 from smtc_jax.data import palette
 from smtc_jax.data import photo_videos
 
@@ -42,6 +43,7 @@ COMPLETE_MARKER = "SYNTHETIC_COMPLETE.json"
 FLAT_LIGHT = {"lighting": 0.0, "noise": 0.0, "kind": "shapes"}
 KINDS = ("shapes",) + photo_videos.KINDS
 PHOTO_JPEG_QUALITY = 80  # the photo kinds' frames carry JPEG's blocking, as footage does
+SPEED = (0.6, 2.2)  # an object's velocity, pixels a frame along each axis
 LIGHT_STREAM = 1  # the light's random stream: (seed, LIGHT_STREAM); scenes use (seed,)
 
 
@@ -105,39 +107,13 @@ def _background(rng, size: int, num_frames: int) -> np.ndarray:
   return np.stack(frames)
 
 
-def _trajectory(rng, size: int, radius: float, num_frames: int) -> np.ndarray:
-  """(T, 2) centre positions: constant velocity, bouncing inside the frame."""
-  low, high = radius, size - radius
-  pos = rng.uniform(low, high, 2)
-  vel = rng.uniform(0.6, 2.2, 2) * rng.choice([-1, 1], 2)
-  out = []
-  for _ in range(num_frames):
-    out.append(pos.copy())
-    pos = pos + vel
-    for axis in range(2):
-      if not low <= pos[axis] <= high:
-        vel[axis] = -vel[axis]
-        pos[axis] = np.clip(pos[axis], low, high)
-  return np.stack(out)
-
-
-def _smooth_walk(rng, num_frames: int, amplitude: float, curves: int = 1) -> np.ndarray:
-  """(T, curves) slow random curves in [-amplitude, amplitude]: the mean of two sines of
-  random period (longer than a quarter of the video) and phase per curve."""
-  t = np.arange(num_frames, dtype=np.float32)[:, None]
-  periods = rng.uniform(num_frames / 4, 2 * num_frames, (2, curves))
-  phases = rng.uniform(0, 2 * np.pi, (2, curves))
-  waves = np.sin(2 * np.pi * t[None] / periods[:, None] + phases[:, None])  # (2, T, curves)
-  return amplitude * waves.mean(0)
-
-
 def _illumination(rng, size: int, num_frames: int, strength: float) -> np.ndarray:
   """(T, S, S, 3) gain: a light whose brightness and colour drift over the video and
   which falls off across the frame along a direction that turns slowly."""
   y, x = (np.mgrid[0:size, 0:size].astype(np.float32) / size) - 0.5
-  brightness = _smooth_walk(rng, num_frames, strength)  # (T, 1)
-  tint = _smooth_walk(rng, num_frames, strength / 3, 3)  # (T, 3)
-  angle = rng.uniform(0, 2 * np.pi) + _smooth_walk(rng, num_frames, np.pi / 2)[:, 0]
+  brightness = motion.smooth_curves(rng, num_frames, strength)  # (T, 1)
+  tint = motion.smooth_curves(rng, num_frames, strength / 3, 3)  # (T, 3)
+  angle = rng.uniform(0, 2 * np.pi) + motion.smooth_curves(rng, num_frames, np.pi / 2)[:, 0]
   falloff = strength * (np.cos(angle)[:, None, None] * x + np.sin(angle)[:, None, None] * y)
   gain = 1.0 + brightness[:, :, None] + falloff  # (T, S, S)
   return gain[..., None] * (1.0 + tint[:, None, None, :])
@@ -162,7 +138,7 @@ def generate_video(rng, spec: SyntheticSpec, light_rng=None):
     category = int(categories[instance])
     shape, texture = CATEGORIES[category].split("-")
     radius = rng.uniform(0.12, 0.2) * size
-    path = _trajectory(rng, size, radius, t)
+    path = motion.bouncing_path(rng, size, radius, t, SPEED)
     angle0, spin = rng.uniform(0, 2 * np.pi), rng.uniform(-0.05, 0.05)
     fg, bg = _category_colours(category)
     for f in range(t):
