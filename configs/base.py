@@ -370,6 +370,19 @@ def get_eval_config() -> ml_collections.ConfigDict:
   return e
 
 
+def get_predict_config() -> ml_collections.ConfigDict:
+  """--mode=predict: one's own video segmented by the trained model (smtc_jax/predict.py),
+  the proposals and their ids by the eval.* rules."""
+  p = ml_collections.ConfigDict()
+  p.input = ""  # a video file (mp4, webm, avi, ...) or a folder of .jpg / .png frames, by name
+  p.output = ""  # a new or empty folder for the masks, the overlay video and the table
+  p.fps = 24.0  # the overlay video's frame rate for a folder of frames (a video keeps its own)
+  # Frames segmented at a time (a multiple of data.num_frames): memory is bounded by a
+  # chunk, not the video; ids are linked from chunk to chunk by mask IoU.
+  p.chunk_frames = 48
+  return p
+
+
 def get_config() -> ml_collections.ConfigDict:
   """The paper's SMTC run (ViT-S/16, 256x256, T=4 at 4 fps, N=16, P=4)."""
   config = ml_collections.ConfigDict()
@@ -382,4 +395,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = get_train_config()
   config.pretrain = get_pretrain_config()
   config.init = get_init_config()
+  config.predict = get_predict_config()
   return config

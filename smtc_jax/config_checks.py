@@ -13,8 +13,8 @@ import os
 
 import ml_collections
 
-from smtc_jax import matching
-from smtc_jax.data import photo_videos
+from smtc_jax import matching, predict
+from smtc_jax.data import photo_videos, video_io
 from smtc_jax.data import pipeline
 from smtc_jax.data import synthetic
 from smtc_jax.evaluation import davis, discovery, evaluate, monitor, scores
@@ -383,12 +383,38 @@ def check_workdir(config, mode: str, workdir: str) -> list[str]:
   return out
 
 
+def check_predict(config, mode: str, workdir: str) -> list[str]:
+  """Chunking and frame rate; in predict mode the workdir (local: it exists),
+  the input, probed (a readable video stream or a folder of frames of one size),
+  and a new or empty output folder that can be made."""
+  p = config.predict
+  out = [*above(config, "predict.fps", 0.0), *at_least(config, "predict.chunk_frames", 1)]
+  t = config.data.num_frames
+  if not out and t >= 1 and p.chunk_frames % t:
+    out.append(f"predict.chunk_frames={p.chunk_frames} must be a multiple of data.num_frames={t} "
+               f"(whole clips per chunk)")
+  if mode != "predict":
+    return out
+  if "://" not in workdir and not os.path.isdir(workdir):
+    out.append(f"workdir {workdir} does not exist: --mode=predict reads its trained weights")
+  try:
+    video_io.open_source(p.input, p.fps)
+  except video_io.InputError as e:
+    out.append(f"predict.input: {e}")
+  problem = predict.output_problem(p.output)
+  if problem is None:
+    out += _folder_problem(p.output, f"predict.output={p.output!r}")
+  else:
+    out.append(f"predict.output: {problem}")
+  return out
+
+
 def problems(config: ml_collections.ConfigDict, mode: str, workdir: str) -> list[str]:
-  """Every problem of the config for `mode` (train, export, eval), section by section."""
+  """Every problem of the config for `mode` (train, export, eval, predict), section by section."""
   return [*check_model(config), *check_loss(config), *check_data(config, mode),
           *check_optim(config), *check_train(config), *check_pretrain(config),
-          *check_init(config, mode),
-          *check_eval(config, mode), *check_workdir(config, mode, workdir)]
+          *check_init(config, mode), *check_eval(config, mode),
+          *check_predict(config, mode, workdir), *check_workdir(config, mode, workdir)]
 
 
 def validate(config: ml_collections.ConfigDict, mode: str, workdir: str) -> None:

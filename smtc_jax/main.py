@@ -1,6 +1,7 @@
 """The one entry point:
 
-  python -m smtc_jax.main --config configs/X.py --workdir DIR [--mode train|pretrain|export|eval]
+  python -m smtc_jax.main --config configs/X.py --workdir DIR
+                          [--mode train|pretrain|export|eval|predict]
                           [--config.section.field=value ...] [--alsologtostderr]
 
 train: trains (resuming from DIR's newest readable checkpoint), after pretraining
@@ -8,7 +9,9 @@ the encoder when pretrain.num_steps > 0 and no init.checkpoint is given;
 pretrain: that encoder pretraining alone (smtc_jax/pretrain.py, into DIR/pretrain);
 export: writes the latest checkpoint's student and teacher parameters to
 DIR/export (or --export_dir); eval: object discovery and label propagation with
-baselines (smtc_jax/evaluation).
+baselines (smtc_jax/evaluation); predict: the objects of one's own video
+(predict.input, a video file or a folder of frames) as masks, an overlay video
+and a table in predict.output (smtc_jax/predict.py).
 
 The config is checked first (config_checks.py), before anything is built or
 written. The console shows the run's own lines, warnings and one line per error;
@@ -31,7 +34,8 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the resolved config.")
-flags.DEFINE_enum("mode", "train", ["train", "pretrain", "export", "eval"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "pretrain", "export", "eval", "predict"],
+                  "What to run.")
 flags.DEFINE_string("export_dir", None, "Where --mode=export writes (default: WORKDIR/export).")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process GPU runs; "
                     "TPU pods and SLURM are detected automatically).")
@@ -53,6 +57,9 @@ def run(config, mode: str, workdir: str) -> None:
   elif mode == "eval":
     from smtc_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
     evaluate.evaluate(config, workdir)
+  elif mode == "predict":
+    from smtc_jax import predict  # pylint: disable=g-import-not-at-top
+    predict.run(config, workdir)
 
 
 def parse_flags(argv):

@@ -22,12 +22,12 @@ INFERENCE_FREE = ("model.dtype", "model.remat", "model.sample_grad", "model.deta
 INPUT_FIELDS = ("data.mean", "data.std")
 # Fields (or sections, ending in '.') that may change when a training resumes:
 # length, logging, checkpointing, memory, input workers and paths, the watch,
-# evaluation, and what is read only before the first step.
+# evaluation and prediction, and what is read only before the first step.
 RESUMABLE = ("train.num_steps", "train.log_every", "train.checkpoint_every",
              "train.keep_checkpoints", "train.async_checkpoints", "train.logdir",
              "train.eval_every", "train.eval_videos", "train.eval_resolution", "train.microbatch",
              "model.remat", "data.num_workers", "data.prefetch", "data.path",
-             "data.tfds_data_dir", "eval.", "init.", "pretrain.")
+             "data.tfds_data_dir", "eval.", "init.", "pretrain.", "predict.")
 # What the encoder pretraining stage reads (its resume and the reuse of its
 # export compare these alone): the encoder, the data and its own section.
 PRETRAIN_FIELDS = ("seed", "model.encoder", "model.vit.", "model.resnet.", "model.dtype", "data.",

@@ -17,7 +17,7 @@ CONFIGS = ["base", "reference", "tiny", "cpu_synthetic", "tpu_v4", "gpu"]
 # checked against JHMDB's splits only when the benchmark is jhmdb).
 FREE_TEXT = {"data.path", "data.split", "data.tfds_name", "data.tfds_data_dir",
              "data.tfds_frames_key", "init.checkpoint", "eval.data_path", "eval.split",
-             "train.logdir"}
+             "train.logdir", "predict.input", "predict.output"}
 # What a value needs beside it to pass (the checker names that combination itself).
 NEEDS = {("model.stages", "instance"): {"loss.sem_weight": 0.0, "loss.reg_weight": 0.0}}
 

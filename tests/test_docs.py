@@ -24,7 +24,8 @@ CONFIGS = sorted(f"configs/{name}" for name in os.listdir(os.path.join(ROOT, "co
 MODULES = ["smtc_jax.main", "smtc_jax.bench", "smtc_jax.convert", "smtc_jax.evaluation.davis",
            "smtc_jax.data.photo_videos", "smtc_jax.evaluation.probe"]
 FLAG_SOURCE = {"smtc_jax.evaluation.probe": "smtc_jax.main"}  # the probe reads main's flags
-SECTIONS = ("seed", "model", "loss", "data", "eval", "optim", "train", "pretrain", "init")
+SECTIONS = ("seed", "model", "loss", "data", "eval", "optim", "train", "pretrain", "init",
+            "predict")
 FILE_SUFFIXES = (".py", ".sh", ".md", ".log", ".lock", ".txt", ".csv", ".json", ".jsonl", ".pth", ".tar")
 QUICK_START = [
     "python3.11 -m venv .venv && . .venv/bin/activate && pip install -e . && python -m smtc_jax.main "
