@@ -8,6 +8,8 @@ L2-normalised per cell. Labels live on the feature grid and are upsampled to
 the image at the end.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,21 +25,35 @@ def neighbourhood_mask(h: int, w: int, radius: float) -> jax.Array:
   return jnp.asarray(dist <= radius)
 
 
-def propagate_step(query, context_feats, context_labels, near, *, topk: int, temperature: float):
+@functools.partial(jax.jit, static_argnames=("topk", "temperature"))
+def propagate_step(query, context_feats, context_labels, context_valid, near, *, topk: int,
+                   temperature: float):
   """Labels (L, C) of one frame from its context.
 
   query: (L, D) unit features; context_feats: (K, L, D); context_labels:
-  (K, L, C); near: (L, L) bool neighbourhood. Cells outside the radius never
-  contribute; of the rest, the top-k over all context frames do.
+  (K, L, C); context_valid: (K,) bool, False for padding frames; near: (L, L)
+  bool neighbourhood. Cells outside the radius or in padding never contribute;
+  of the rest, the top-k over all context frames do. Jitted once per shape: a
+  video's context is padded to a fixed K, so every frame reuses one compile.
   """
   k, l, _ = context_feats.shape
   sim = jnp.einsum("ld,kmd->lkm", query, context_feats)  # (L, K, L)
-  sim = jnp.where(near[:, None, :], sim, -jnp.inf).reshape(l, k * l)
+  allowed = near[:, None, :] & context_valid[None, :, None]
+  sim = jnp.where(allowed, sim, -jnp.inf).reshape(l, k * l)
   top, idx = jax.lax.top_k(sim, topk)  # (L, topk)
   weights = jax.nn.softmax(top / temperature, axis=-1)
   weights = jnp.where(jnp.isfinite(top), weights, 0.0)
   flat_labels = context_labels.reshape(k * l, -1)
   return jnp.einsum("lt,ltc->lc", weights, flat_labels[idx])
+
+
+def context_frames(t: int, video_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """((K,) frame indices, (K,) valid) of frame t's context, K = video_len + 1:
+  frame 0, then the video_len frames before t (never frame 0 twice), padded at
+  the end with frame 0 marked invalid (so the valid ones keep their order)."""
+  frames = [0] + list(range(max(1, t - video_len), t))
+  pad = video_len + 1 - len(frames)
+  return np.asarray(frames + [0] * pad), np.arange(video_len + 1) < len(frames)
 
 
 def propagate_video(features, first_labels, *, video_len: int, radius: float, topk: int,
@@ -49,17 +65,15 @@ def propagate_video(features, first_labels, *, video_len: int, radius: float, to
   0 is the given one).
   """
   f, h, w, d = features.shape
-  feats = features.reshape(f, h * w, d)
+  feats = jnp.asarray(features).reshape(f, h * w, d)
   feats = feats / jnp.maximum(jnp.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
   near = neighbourhood_mask(h, w, radius)
-  step = jax.jit(lambda q, cf, cl: propagate_step(q, cf, cl, near, topk=topk,
-                                                  temperature=temperature))
-  labels = [jnp.asarray(first_labels, jnp.float32).reshape(h * w, -1)]
+  first = jnp.asarray(first_labels, jnp.float32).reshape(h * w, -1)
+  labels = [first]  # per frame (L, C)
   for t in range(1, f):
-    previous = list(range(max(1, t - video_len), t))
-    context = [0] + previous
-    labels.append(step(feats[t], feats[np.asarray(context)],
-                       jnp.stack([labels[i] for i in context])))
+    frames, valid = context_frames(t, video_len)
+    labels.append(propagate_step(feats[t], feats[frames], jnp.stack([labels[i] for i in frames]),
+                                 jnp.asarray(valid), near, topk=topk, temperature=temperature))
   return jnp.stack(labels).reshape(f, h, w, -1)
 
 
