@@ -167,7 +167,7 @@ def summary(tracks: dict[int, Track], frames: int, source: video_io.Source, outp
             seconds: float) -> str:
   """The lines printed at the end: what was read, found and written."""
   h, w = source.size
-  lines = [f"{frames} frames of {source.path} ({w}x{h}, {source.fps:.3g} fps) in {seconds:.1f} s: "
+  lines = [f"{frames} frames of {source.path} ({w}x{h}, {source.fps:.4g} fps) in {seconds:.1f} s: "
            f"{len(tracks)} instances", f"written to {output}: {MASKS_DIR}/ (palette PNGs), "
            f"{OVERLAY_FILE}, {TABLE_FILE}"]
   longest = sorted(tracks.items(), key=lambda kv: (-kv[1].frames, kv[0]))[:SHOWN]
