@@ -30,6 +30,11 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.vit.qkv_bias = True  # DINO's released ViT-S/16 weights carry qkv biases.
   m.vit.pretrain_grid = 14  # 224 / 16: the grid the position embedding is stored at.
   m.vit.layer_norm_eps = 1e-6
+  # DINOv2's additions (configs/dinov2.py), off for DINO's ViT: LayerScale on every
+  # residual branch, and register tokens after the CLS token (dropped from the
+  # token grid that the rest of the model reads).
+  m.vit.layer_scale = False
+  m.vit.num_registers = 0
   # Stochastic depth of the student's encoder in training (rate of the last block,
   # linear from 0 at the first). The paper gives none; DINO's ViT defaults to 0,
   # the authors' copy of it (src/model/vision_transformer.py) to 0.1.

@@ -22,6 +22,7 @@ from smtc_jax.models import smtc
 
 # The values each string option takes (the modules branch on exactly these).
 ENCODERS = ("vit", "resnet")
+LAYER_SCALES = (False, True)  # model.vit.layer_scale: DINO's ViT | DINOv2's
 FEATURES = ("tokens", "last_keys")
 PROP_FEATURES = tuple(smtc.FEATURES)
 HUE_SPACES = tuple(sorted(pipeline.HUE_ROTATIONS))
@@ -149,7 +150,9 @@ def check_model(config) -> list[str]:
          *at_least(config, "model.object_head_ratio", 1), *above(config, "model.attn_eps", 0),
          *at_least(config, "model.vit.patch_size", 1), *at_least(config, "model.vit.depth", 1),
          *at_least(config, "model.vit.num_heads", 1), *at_least(config, "model.vit.pretrain_grid", 1),
-         *_below_one(config, "model.vit.drop_path_rate")]
+         *_below_one(config, "model.vit.drop_path_rate"),
+         *one_of(config, "model.vit.layer_scale", LAYER_SCALES),
+         *at_least(config, "model.vit.num_registers", 0)]
   if m.mask_threshold_on == "prob":
     out += within(config, "model.tau", 0.0, 1.0)
   if m.vit.num_heads >= 1 and m.vit.dim % m.vit.num_heads:

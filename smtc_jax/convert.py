@@ -1,7 +1,12 @@
-"""PyTorch checkpoints to Flax: DINO ViTs, MoCo / torchvision ResNet-50, and the
-authors' SMTC model (for `configs/reference.py`).
+"""PyTorch checkpoints to Flax: DINO and DINOv2 ViTs, MoCo / torchvision ResNet-50,
+and the authors' SMTC model (for `configs/reference.py`).
 
-  python -m smtc_jax.convert --kind dino_vit|moco_resnet50|smtc --input X.pth --output DIR
+  python -m smtc_jax.convert --kind dino_vit|dinov2_vit|moco_resnet50|smtc --input X.pth --output DIR
+  python -m smtc_jax.convert --kind dinov2_vit --input dinov2_vits14_pretrain.pth \
+      --output /data/dinov2_vits14 --config configs/dinov2.py
+
+With `--config` (a config file, `:variant` after it as for smtc_jax.main), a
+checkpoint whose encoder is not the config's is refused with one line.
 
 writes an Orbax params checkpoint that `--config.init.checkpoint=DIR` loads
 (scope 'encoder' for the backbones, 'all' for SMTC) and that evaluation reads.
@@ -11,6 +16,7 @@ tensors, the original key names) and reports unknown or missing keys by name.
 
 import argparse
 import math
+import os
 import re
 import sys
 from typing import Any, Mapping
@@ -68,7 +74,7 @@ def _norm(get, name):
   return {"scale": get(f"{name}.weight"), "bias": get(f"{name}.bias")}
 
 
-def _vit_params(get, depth: int, qkv_bias: bool) -> dict:
+def _vit_params(get, depth: int, qkv_bias: bool, layer_scale: bool = False) -> dict:
   params = {
       "patch_embed": {"kernel": get("patch_embed.proj.weight").transpose(2, 3, 1, 0),
                       "bias": get("patch_embed.proj.bias")},
@@ -84,6 +90,9 @@ def _vit_params(get, depth: int, qkv_bias: bool) -> dict:
         "attn": {"qkv": qkv, "proj": _dense(get, f"{b}.attn.proj")},
         "mlp": {"fc1": _dense(get, f"{b}.mlp.fc1"), "fc2": _dense(get, f"{b}.mlp.fc2")},
     }
+    if layer_scale:  # DINOv2
+      params[f"blocks_{i}"]["ls1"] = {"gamma": get(f"{b}.ls1.gamma")}
+      params[f"blocks_{i}"]["ls2"] = {"gamma": get(f"{b}.ls2.gamma")}
   return params
 
 
@@ -96,9 +105,11 @@ def _vit_from_shapes(tensors: dict[str, np.ndarray]) -> vit.VisionTransformer:
   if grid * grid != tokens:
     raise ValueError(f"pos_embed has {tokens} patch positions, not a square grid")
   hidden = tensors["blocks.0.mlp.fc1.weight"].shape[0]
+  registers = tensors.get("register_tokens")
   return vit.VisionTransformer(patch_size=patch, dim=dim, depth=depth, num_heads=dim // 64,
                                mlp_ratio=hidden / dim, qkv_bias="blocks.0.attn.qkv.bias" in tensors,
-                               pretrain_grid=grid)
+                               pretrain_grid=grid, layer_scale="blocks.0.ls1.gamma" in tensors,
+                               num_registers=0 if registers is None else registers.shape[1])
 
 
 def dino_vit_to_flax(state_dict: Mapping[str, Any]):
@@ -109,6 +120,62 @@ def dino_vit_to_flax(state_dict: Mapping[str, Any]):
   params = _vit_params(get, model.depth, model.qkv_bias)
   get.check_all_used(ignore=(r"head\..*",))  # a classification head is not used
   return model, {"params": params}
+
+
+def dinov2_vit_to_flax(state_dict: Mapping[str, Any]):
+  """DINOv2 ViT weights in the official layout (torch.hub's dinov2_vits14,
+  dinov2_vitb14 and their _reg4 versions: cls_token, pos_embed, register_tokens,
+  mask_token, blocks.N.{norm1,attn,ls1,norm2,mlp,ls2}, norm) -> (VisionTransformer,
+  {'params': ...}). Size and registers follow from the shapes; the giant ViT's
+  SwiGLU MLP (mlp.w12, mlp.w3) is not supported."""
+  tensors = _strip(state_dict, DINO_PREFIXES)
+  if "blocks.0.mlp.w12.weight" in tensors:
+    raise ValueError("DINOv2 checkpoint: a SwiGLU MLP (the giant ViT's mlp.w12) is not supported")
+  if "blocks.0.ls1.gamma" not in tensors:
+    raise ValueError("DINOv2 checkpoint: no blocks.0.ls1.gamma (LayerScale); a DINO ViT "
+                     "converts with --kind dino_vit")
+  model = _vit_from_shapes(tensors)
+  get = _Consumer(tensors, "DINOv2 ViT checkpoint")
+  params = _vit_params(get, model.depth, model.qkv_bias, layer_scale=True)
+  if model.num_registers:
+    params["register_tokens"] = get("register_tokens")
+  # mask_token replaces masked patches in DINOv2's iBOT loss; a head is not a feature.
+  get.check_all_used(ignore=(r"mask_token", r"head\..*"))
+  return model, {"params": params}
+
+
+def vit_fields(model: vit.VisionTransformer) -> dict:
+  """The model.vit fields a converted ViT has (those its shapes determine)."""
+  return {"patch_size": model.patch_size, "dim": model.dim, "depth": model.depth,
+          "num_heads": model.num_heads, "mlp_ratio": model.mlp_ratio, "qkv_bias": model.qkv_bias,
+          "pretrain_grid": model.pretrain_grid, "layer_scale": model.layer_scale,
+          "num_registers": model.num_registers}
+
+
+def encoder_mismatch(model: vit.VisionTransformer, config, origin: str) -> str | None:
+  """One line saying how the converted ViT differs from `config`'s encoder, or
+  None when it is the config's."""
+  found = vit_fields(model)
+  wanted = {k: config.model.vit[k] for k in found}
+  wrong = [f"model.vit.{k}={wanted[k]!r} (checkpoint: {v!r})" for k, v in found.items()
+           if v != wanted[k]]
+  if config.model.encoder != "vit":
+    wrong.insert(0, f"model.encoder={config.model.encoder!r} (checkpoint: 'vit')")
+  if not wrong:
+    return None
+  return f"{origin} is not the config's encoder: {'; '.join(wrong)}"
+
+
+def load_config(spec: str):
+  """A config file's get_config(), `path:arg` calling get_config(arg)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_convert_config", path)
+  if module_spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} does not exist")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def _bn(get, name):
@@ -193,9 +260,13 @@ def _write(tree, output: str) -> None:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--kind", required=True, choices=["dino_vit", "moco_resnet50", "smtc"])
+  parser.add_argument("--kind", required=True,
+                      choices=["dino_vit", "dinov2_vit", "moco_resnet50", "smtc"])
   parser.add_argument("--input", required=True, help="a PyTorch .pth file")
   parser.add_argument("--output", required=True, help="the Orbax checkpoint folder to write")
+  parser.add_argument("--config", default="",
+                      help="dino_vit, dinov2_vit: the config (file[:variant]) whose encoder the "
+                           "checkpoint must be; another is refused")
   args = parser.parse_args(argv)
   import torch  # pylint: disable=g-import-not-at-top
   try:
@@ -204,8 +275,15 @@ def main(argv=None) -> int:
     sys.exit(f"cannot read {args.input}: {e}")
   if isinstance(loaded, dict) and "state_dict" in loaded and args.kind == "moco_resnet50":
     loaded = loaded["state_dict"]
-  if args.kind == "dino_vit":
-    _, variables = dino_vit_to_flax(loaded)
+  if args.kind in ("dino_vit", "dinov2_vit"):
+    try:
+      model, variables = (dino_vit_to_flax if args.kind == "dino_vit" else dinov2_vit_to_flax)(loaded)
+    except (KeyError, ValueError) as e:
+      sys.exit(f"{args.input}: {e.args[0]}")
+    if args.config:
+      mismatch = encoder_mismatch(model, load_config(args.config), args.input)
+      if mismatch:
+        sys.exit(f"{mismatch}; nothing written")
     tree = {"params": {"encoder": variables["params"]}}
   elif args.kind == "moco_resnet50":
     _, variables = resnet50_to_flax(loaded)

@@ -12,7 +12,7 @@ from configs import base
 from smtc_jax import config_checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["base", "reference", "tiny", "cpu_synthetic", "tpu_v4", "gpu"]
+CONFIGS = ["base", "reference", "tiny", "cpu_synthetic", "tpu_v4", "gpu", "dinov2"]
 # String fields that hold paths or names, not one of a few values (eval.split is
 # checked against JHMDB's splits only when the benchmark is jhmdb).
 FREE_TEXT = {"data.path", "data.split", "data.tfds_name", "data.tfds_data_dir",
@@ -117,9 +117,21 @@ def test_every_shipped_config_uses_documented_values(name):
     assert _get(config, field) in allowed, (field, _get(config, field))
 
 
+def test_dinov2_sizes_are_multiples_of_its_patch_14():
+  config = _config("dinov2")
+  assert config.data.resolution[0] % 14 == 0
+  config.data.resolution = (256, 256)  # the paper's, a multiple of 16 only
+  config.eval.discovery_resolution = (480, 854)
+  assert config_checks.problems(config, "export", "/tmp/w") == [
+      "data.resolution=(256, 256) must be two multiples of the encoder stride 14",
+      "eval.discovery_resolution=(480, 854) must be () (the training size) or two multiples of "
+      "the encoder stride 14"]
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("model.num_instances", 9, "model.num_instances=9 must lie in [1, 8]"),
     ("model.vit.num_heads", 3, "model.vit.dim=64 is not divisible by model.vit.num_heads=3"),
+    ("model.vit.num_registers", -1, "model.vit.num_registers=-1 must be >= 0"),
     ("data.resolution", (60, 64), "data.resolution=(60, 64) must be two multiples of the encoder "
                                   "stride 8"),
     ("eval.discovery_resolution", (128, 100), "eval.discovery_resolution=(128, 100) must be () "

@@ -9,7 +9,7 @@ from smtc_jax import checkpoint, sharding, train
 from smtc_jax.data import pipeline
 from smtc_jax.models import smtc
 
-CONFIGS = ["base", "reference", "tiny", "cpu_synthetic", "tpu_v4", "gpu"]
+CONFIGS = ["base", "reference", "tiny", "cpu_synthetic", "tpu_v4", "gpu", "dinov2"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -250,3 +250,28 @@ def test_feature_dim_is_the_width_of_the_encoder_features(tiny_config, encoder):
   out, _ = jax.eval_shape(model.init_with_output, model_rngs(0), clip)
   assert out["features"].shape[-1] == smtc.feature_dim(tiny_config) == (
       32 if encoder == "vit" else 512)
+
+
+def test_a_dinov2_layout_encoder_at_stride_14_runs_through_discovery_and_propagation():
+  # DINOv2's additions (LayerScale, registers) at toy sizes and the patch 14 of
+  # configs/dinov2.py: the registers leave the grid, everything after reads 14-px cells.
+  from smtc_jax.evaluation import predictor
+  config = tiny.get_config()
+  v = config.model.vit
+  v.patch_size, v.pretrain_grid, v.layer_scale, v.num_registers = 14, 3, True, 2
+  config.data.resolution = (42, 56)
+  config.eval.prop_video_len = 2
+  model = smtc.build_model(config)
+  assert model.corr_grid == (3, 4) and smtc.encoder_stride(config) == 14
+  clip = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 42, 56, 3))
+  _, variables, out = _forward(config, clip)
+  assert {k: tuple(v.shape) for k, v in out.items()} == _expected_shapes(1, 3, 4, 3, 12, 32)
+  method = predictor.Predictor(config)
+  frames = np.random.default_rng(0).integers(0, 255, (4, 50, 75, 3), np.uint8)
+  proposals, _ = method.proposals(variables, frames)
+  assert proposals.shape == (4, 50, 75)
+  assert method.feature_size((50, 75)) == (42, 70)  # cut to multiples of 14
+  labels = np.zeros((50, 75), np.uint8)
+  labels[10:40, 20:60] = 1
+  propagated = predictor.propagate_masks(method, variables, frames, labels, 2)
+  assert propagated.shape == (4, 50, 75) and propagated[0].max() == 1

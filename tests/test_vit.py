@@ -118,3 +118,52 @@ def test_gelu_is_the_exact_erf_gelu_and_its_derivative():
   # The same function as flax's exact GELU (its erfc form).
   np.testing.assert_allclose(vit.gelu(jnp.asarray(x)), jax.nn.gelu(jnp.asarray(x), approximate=False),
                              rtol=1e-6, atol=1e-6)
+
+
+def test_dinov2_parameter_counts_match_the_released_models():
+  # dinov2_vits14: 22,056,576 parameters, dinov2_vitb14_reg4: 86,583,552, each
+  # less its mask_token (one D-vector, used only by DINOv2's masked-image loss).
+  for dim, heads, registers, count in [(384, 6, 0, 22_056_576 - 384), (768, 12, 4, 86_583_552 - 768)]:
+    model = vit.VisionTransformer(patch_size=14, dim=dim, num_heads=heads, pretrain_grid=37,
+                                  layer_scale=True, num_registers=registers)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 308, 3)))
+    assert _count(shapes["params"]) == count
+    assert shapes["params"]["blocks_0"]["ls1"]["gamma"].shape == (dim,)
+
+
+def test_registers_attend_but_leave_the_token_grid():
+  kwargs = dict(patch_size=7, dim=16, depth=2, num_heads=2, pretrain_grid=5)
+  model = vit.VisionTransformer(num_registers=3, **kwargs)
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 21, 35, 3))
+  variables = model.init(jax.random.PRNGKey(1), images)
+  assert variables["params"]["register_tokens"].shape == (1, 3, 16)
+  out = model.apply(variables, images)
+  for name in ("tokens", "keys", "prenorm_tokens"):
+    assert out[name].shape == (2, 3, 5, 16)
+  # The registers are in the sequence (other registers change every patch token) ...
+  other = jax.random.normal(jax.random.PRNGKey(2), (1, 3, 16))
+  params = dict(variables["params"], register_tokens=other)
+  moved = model.apply({"params": params}, images)["tokens"]
+  assert np.abs(np.asarray(moved - out["tokens"])).max() > 1e-3
+  # ... and without them the same weights are a ViT over CLS and patches alone.
+  plain = vit.VisionTransformer(**kwargs)
+  rest = {k: v for k, v in variables["params"].items() if k != "register_tokens"}
+  assert plain.apply({"params": rest}, images)["tokens"].shape == (2, 3, 5, 16)
+
+
+def test_layer_scale_scales_each_residual_branch():
+  # With every gamma 0 each block is the identity: the last block's output is the
+  # patch embedding plus the position embedding.
+  model = vit.VisionTransformer(patch_size=8, dim=16, depth=2, num_heads=2, pretrain_grid=2,
+                                layer_scale=True)
+  images = jax.random.normal(jax.random.PRNGKey(0), (1, 16, 16, 3))
+  params = model.init(jax.random.PRNGKey(1), images)["params"]
+  np.testing.assert_allclose(params["blocks_0"]["ls2"]["gamma"], 1e-5)  # DINOv2's init
+  zero = jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.zeros_like(x) if "gamma" in jax.tree_util.keystr(path) else x, params)
+  out = model.apply({"params": zero}, images)["prenorm_tokens"]
+  embed = params["patch_embed"]
+  patches = jax.lax.conv_general_dilated(images, embed["kernel"], (8, 8), "VALID",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  expected = patches + embed["bias"] + params["pos_embed"][0, 1:].reshape(2, 2, 16)
+  np.testing.assert_allclose(out, expected, atol=1e-5)

@@ -4,6 +4,18 @@ position embeddings, pre-norm blocks), returning patch tokens and last-block key
 Parameter names mirror DINO's `vision_transformer.py` so that conversion is a
 rename: `patch_embed`, `cls_token`, `pos_embed`, `blocks_{i}/{norm1,attn/qkv,
 attn/proj,norm2,mlp/fc1,mlp/fc2}`, `norm`.
+
+DINOv2's ViTs (S/14, B/14, with or without registers) are the same network with
+two additions, both off by default: LayerScale (`layer_scale`: a per-channel
+`gamma` on each residual branch, `blocks_{i}/ls1` and `ls2`) and register tokens
+(`num_registers`: `register_tokens`, inserted after the CLS token once the
+position embedding, which covers CLS and patches only, has been added; they are
+dropped from every output). Their position embedding is stored for a 37x37
+grid (518 px) and resized to the input's grid exactly as DINO's is: DINOv2's
+`interpolate_pos_encoding` with the released models' settings (interpolate_offset
+0.1, interpolate_antialias False) is DINO's bicubic resize below. timm's
+`dynamic_img_size` path resizes differently (to the output size, with
+antialiasing), so parity is checked against DINOv2's resize, not timm's.
 """
 
 import functools
@@ -156,9 +168,22 @@ def drop_path(x, rate: float, rng):
   return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
+class LayerScale(nn.Module):
+  """DINOv2's LayerScale: a residual branch scaled per channel by `gamma`
+  (1e-5 at initialisation, as DINOv2 trains it; converted weights bring theirs)."""
+  init_value: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    gamma = self.param("gamma", nn.initializers.constant(self.init_value), (x.shape[-1],))
+    return x * gamma.astype(self.dtype)
+
+
 class Block(nn.Module):
   """Pre-norm transformer block: x + attn(LN(x)); x + mlp(LN(x)), each branch
-  with stochastic depth at `drop_path_rate` unless `deterministic`."""
+  with stochastic depth at `drop_path_rate` unless `deterministic`, and with
+  `layer_scale` scaled by LayerScale first (DINOv2's `ls1`, `ls2`)."""
   num_heads: int
   mlp_ratio: float = 4.0
   qkv_bias: bool = True
@@ -166,9 +191,13 @@ class Block(nn.Module):
   drop_path_rate: float = 0.0
   deterministic: bool = True
   dtype: Any = jnp.float32
+  layer_scale: bool = False
 
-  def branch(self, y):
-    """A residual branch, dropped per image in training mode."""
+  def branch(self, y, scale_name: str):
+    """A residual branch, scaled by LayerScale `scale_name` if the block has it,
+    then dropped per image in training mode."""
+    if self.layer_scale:
+      y = LayerScale(dtype=self.dtype, name=scale_name)(y)
     if self.deterministic or self.drop_path_rate == 0.0:
       return y
     return drop_path(y, self.drop_path_rate, self.make_rng(RNG_DROP_PATH))
@@ -177,9 +206,9 @@ class Block(nn.Module):
   def __call__(self, x):
     norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_eps, dtype=self.dtype)
     y, keys = Attention(self.num_heads, self.qkv_bias, self.dtype, name="attn")(norm(name="norm1")(x))
-    x = x + self.branch(y)
+    x = x + self.branch(y, "ls1")
     hidden = int(x.shape[-1] * self.mlp_ratio)
-    x = x + self.branch(Mlp(hidden, self.dtype, name="mlp")(norm(name="norm2")(x)))
+    x = x + self.branch(Mlp(hidden, self.dtype, name="mlp")(norm(name="norm2")(x)), "ls2")
     return x, keys
 
 
@@ -190,7 +219,8 @@ class VisionTransformer(nn.Module):
   block's keys (heads concatenated) and output tokens before the final LayerNorm.
   With `train`, block i drops its residual branches with probability
   drop_path_rate * i / (depth - 1) (DINO's stochastic depth decay rule; rng
-  stream 'drop_path')."""
+  stream 'drop_path'). DINOv2's ViTs set `layer_scale` and, with registers,
+  `num_registers` (see the module doc)."""
   patch_size: int = 16
   dim: int = 384
   depth: int = 12
@@ -202,6 +232,8 @@ class VisionTransformer(nn.Module):
   drop_path_rate: float = 0.0
   remat: bool = False
   dtype: Any = jnp.float32
+  layer_scale: bool = False
+  num_registers: int = 0
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -221,17 +253,24 @@ class VisionTransformer(nn.Module):
     pos = jnp.concatenate([pos[0, :1], patch_pos], axis=0)[None]
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim)).astype(self.dtype), x], axis=1)
     x = x + pos.astype(self.dtype)
+    if self.num_registers:  # after the CLS token, without a position embedding
+      registers = self.param("register_tokens", nn.initializers.normal(1e-6),
+                             (1, self.num_registers, self.dim))
+      registers = jnp.broadcast_to(registers, (b, self.num_registers, self.dim))
+      x = jnp.concatenate([x[:, :1], registers.astype(self.dtype), x[:, 1:]], axis=1)
     block_cls = nn.remat(Block) if self.remat else Block
     rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     keys = None
     for i in range(self.depth):
       x, keys = block_cls(self.num_heads, self.mlp_ratio, self.qkv_bias, self.layer_norm_eps,
-                          float(rates[i]), not train, self.dtype, name=f"blocks_{i}")(x)
+                          float(rates[i]), not train, self.dtype, layer_scale=self.layer_scale,
+                          name=f"blocks_{i}")(x)
     prenorm = x
     x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
+    patches = 1 + self.num_registers  # the patch tokens follow CLS and the registers
     return {
-        "tokens": x[:, 1:].reshape(b, h, w, self.dim),
-        "keys": keys[:, 1:].reshape(b, h, w, self.dim),
-        "prenorm_tokens": prenorm[:, 1:].reshape(b, h, w, self.dim),
+        "tokens": x[:, patches:].reshape(b, h, w, self.dim),
+        "keys": keys[:, patches:].reshape(b, h, w, self.dim),
+        "prenorm_tokens": prenorm[:, patches:].reshape(b, h, w, self.dim),
         "cls": x[:, 0],
     }
