@@ -49,6 +49,13 @@ def pytest_configure(config):
                     int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 
+@pytest.fixture(autouse=True)
+def own_user_cache(tmp_path_factory, monkeypatch):
+  """Each test (and each job it starts) has its own $XDG_CACHE_HOME: evaluations
+  keep the untrained model's scores there (eval.reuse_untrained)."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+
+
 def pytest_unconfigure(config):
   owned = config.stash.get(OWNED_CACHE, None)
   if owned:

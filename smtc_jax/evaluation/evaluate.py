@@ -23,7 +23,7 @@ import numpy as np
 
 from smtc_jax import console
 from smtc_jax.data import synthetic
-from smtc_jax.evaluation import davis, pose, readers, scores, writers
+from smtc_jax.evaluation import davis, pose, readers, score_cache, scores, writers
 from smtc_jax.evaluation.predictor import (Predictor, paper_inference_config,
                                            propagate_keypoints, propagate_masks,
                                            trained_variables, untrained_variables,
@@ -172,12 +172,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   out_dir = os.path.join(workdir, EVAL_DIR, e.benchmark)
   rows = ("trained", *([PAPER_METHOD] if paper else []), "untrained", "trivial")
   tables = {m: scores.Scores(e.pck_thresholds) for m in rows}
+  cache = score_cache.ScoreCache(config) if e.reuse_untrained else None
+  reused = 0
   began = time.time()
   for index, name in enumerate(names):
     video = load(name)
     for method, (variables, _) in methods.items():
+      if method == "untrained" and cache and (values := cache.get(video)) is not None:
+        tables[method].add(name, values)
+        reused += 1
+        continue
       values, predictions = evaluate_method(predictor, variables, video, tasks,
                                             paper if method == "trained" else None)
+      if method == "untrained" and cache:
+        cache.put(video, values)
       if PAPER_KEY in values:
         tables[PAPER_METHOD].add(name, values.pop(PAPER_KEY))
       tables[method].add(name, values)
@@ -186,6 +194,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tables["trivial"].add(name, evaluate_trivial(video, tasks, e))
     eta = (time.time() - began) / (index + 1) * (len(names) - index - 1)
     console.say(f"evaluated {name} ({index + 1}/{len(names)}) | ETA {eta / 60:.1f} min")
+  if reused:
+    console.say(f"untrained: the scores of {reused} of {len(names)} videos reused from "
+                f"{cache.folder} (eval.reuse_untrained)")
   summary = {m: table.summary() for m, table in tables.items()}
   weights = {m: w for m, (_, w) in methods.items()}
   if paper:
