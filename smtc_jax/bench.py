@@ -4,6 +4,7 @@
   python -m smtc_jax.bench data --config configs/X.py --workdir DIR
   python -m smtc_jax.bench propagate --config configs/X.py [--frames 70] [--davis_out DIR]
   python -m smtc_jax.bench davis --config configs/X.py [--reference_metrics FILE]
+  python -m smtc_jax.bench eval --config configs/X.py --workdir DIR [--config.eval.a=v]
 
 `step` compiles and times the real jitted train step (median of --steps after
 --warmup, block_until_ready; with --fed also the same step fed by the input
@@ -19,7 +20,8 @@ are drawn before the clock starts); `propagate` runs label propagation
 and object discovery on a random 854x480 video (with --davis_out it also writes
 that video as a DAVIS folder and a filelist, to time other code on it); `davis` times J and F of a
 480p sequence against the DAVIS team's own implementation when its file is
-given (and reports their largest difference). Each ends with one JSON line.
+given (and reports their largest difference); `eval` runs `--mode=eval` on DIR as
+main does and reports the seconds of each of its stages. Each ends with one JSON line.
 """
 
 import collections
@@ -362,12 +364,30 @@ def bench_davis(config) -> dict:
   return result
 
 
+def bench_eval(config, workdir: str) -> dict:
+  """`--mode=eval` on workdir (its results written as main writes them), timed per
+  stage: set-up, reading, each model's forward passes, proposals, propagation and
+  scores, the trivial baseline, writing. The first forward of each size holds
+  its compile."""
+  from smtc_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  times = evaluate.StageTimes()
+  start = time.perf_counter()
+  evaluate.evaluate(config, workdir, timer=times)
+  total = time.perf_counter() - start
+  stages = [{"stage": stage, "s": seconds, "share": seconds / total}
+            for stage, seconds in times.seconds.most_common()]
+  return {"bench": "eval", "benchmark": config.eval.benchmark, "eval_s": total,
+          "untimed_s": total - sum(times.seconds.values()), "stages": stages}
+
+
 def _print(result: dict) -> None:
   for row in result.get("top_ops", []):
     print(f"{row['ms_per_step']:9.1f} ms {100 * row['share']:5.1f} %  x{row['ops']:<4d} "
           f"{row['kind']} {row['shape']}")
+  for row in result.get("stages", []):
+    print(f"{row['s']:9.1f} s {100 * row['share']:5.1f} %  {row['stage']}")
   for key, value in result.items():
-    if key == "top_ops":
+    if key in ("top_ops", "stages"):
       continue
     if isinstance(value, float):
       value = f"{value:.4g}"
@@ -377,9 +397,9 @@ def _print(result: dict) -> None:
 
 def main(argv):
   benches = {"step": bench_step, "data": bench_data, "propagate": bench_propagate,
-             "davis": bench_davis}
+             "davis": bench_davis, "eval": lambda config: bench_eval(config, FLAGS.workdir)}
   if len(argv) != 2 or argv[1] not in benches:
-    sys.exit("usage: python -m smtc_jax.bench step|data|propagate|davis --config FILE [flags]")
+    sys.exit(f"usage: python -m smtc_jax.bench {'|'.join(benches)} --config FILE [flags]")
   _print(benches[argv[1]](FLAGS.config))
 
 

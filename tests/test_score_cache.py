@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from smtc_jax import checkpoint
+from smtc_jax import bench, checkpoint
 from smtc_jax.evaluation import evaluate, predictor, score_cache
 
 
@@ -62,12 +62,22 @@ def test_a_second_evaluation_reuses_the_untrained_scores(tmp_path, monkeypatch, 
   evaluate_method = evaluate.evaluate_method
   monkeypatch.setattr(evaluate, "evaluate_method",
                       lambda *a, **k: calls.append(a[2].name) or evaluate_method(*a, **k))
-  first = evaluate.evaluate(config, workdir)
+  timed = bench.bench_eval(config, workdir)  # --mode=eval, timed per stage
   assert len(calls) == 4  # 2 videos x (trained, untrained)
+  stages = {row["stage"]: row["s"] for row in timed["stages"]}
+  assert {"trained: model on the clips", "untrained: model on the clips",
+          "trained: label propagation", "writing predictions"} <= set(stages)
+  assert 0 < sum(stages.values()) <= timed["eval_s"]
+  results = os.path.join(workdir, "eval", "synthetic", "results.csv")
+  with open(results) as f:
+    computed = f.read()
   calls.clear()
-  again = evaluate.evaluate(config, workdir)
-  assert again == first and len(calls) == 2  # the trained model's only
+  again = bench.bench_eval(config, workdir)
+  assert len(calls) == 2  # the trained model's only
+  assert "untrained: model on the clips" not in {row["stage"] for row in again["stages"]}
   assert "untrained: the scores of 2 of 2 videos reused" in capsys.readouterr().out
+  with open(results) as f:
+    assert f.read() == computed  # the same figures, reused or computed
   # A video whose content changed is scored again, and so is an unreadable entry.
   frame = sorted(glob.glob(os.path.join(workdir, "synthetic_data", "JPEGImages", "480p",
                                         "val000", "*")))[0]

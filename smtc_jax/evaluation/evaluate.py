@@ -15,6 +15,8 @@ The weights and forward passes are in predictor.py, the score tables in
 scores.py, what is written in writers.py; this file is the loop.
 """
 
+import collections
+import contextlib
 import os
 import time
 
@@ -72,38 +74,66 @@ def _num_labels(video, tasks) -> int:
   return davis.first_frame_objects(video.labels) + 1
 
 
-def evaluate_method(predictor, variables, video, tasks, paper=None):
+class StageTimes:
+  """Seconds per stage of an evaluation, summed over its videos: `with
+  times("stage"): ...` (`python -m smtc_jax.bench eval` prints them)."""
+
+  def __init__(self):
+    self.seconds = collections.Counter()
+
+  @contextlib.contextmanager
+  def __call__(self, stage: str):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.seconds[stage] += time.perf_counter() - start
+
+
+def untimed(stage: str):  # pylint: disable=unused-argument
+  return contextlib.nullcontext()
+
+
+def evaluate_method(predictor, variables, video, tasks, paper=None, timer=untimed):
   """Scores of one model on one video, and its predictions: {'discovery': (F, H, W)
   proposals, 'semantic': (F, H, W), 'propagation': (F, H, W) labels, 'keypoints':
   ((F, J, 2), (F, J) visible)}, those the benchmark's tasks produce. With `paper`
   (a Predictor with the paper's inference rules), the discovery scores of its
-  proposals from the same forward passes come too, under PAPER_KEY."""
+  proposals from the same forward passes come too, under PAPER_KEY. `timer`
+  (a StageTimes) receives the time of each stage."""
   e = predictor.config.eval
   values, predictions = {}, {}
   if any(t in tasks for t in scores.DISCOVERY_TASKS):
-    clips = predictor.clips(variables, video.frames)
+    with timer("model on the clips"):
+      clips = predictor.clips(variables, video.frames)
     # eval.protocol='authors': multi-object J&F scores each frame's candidates instead.
     candidates = lambda method: (method.candidates_of_clips(clips, video.frames.shape[0])
                                  if e.protocol == "authors" else None)
-    predictions["discovery"], predictions["semantic"] = predictor.proposals_of_clips(
-        clips, video.frames.shape[:3])
-    values.update(scores.score_discovery(video, predictions["discovery"], tasks,
-                                         e.unsupervised_matching, e.max_proposals,
-                                         candidates(predictor)))
+    with timer("proposals"):
+      predictions["discovery"], predictions["semantic"] = predictor.proposals_of_clips(
+          clips, video.frames.shape[:3])
+    with timer("discovery scores"):
+      values.update(scores.score_discovery(video, predictions["discovery"], tasks,
+                                           e.unsupervised_matching, e.max_proposals,
+                                           candidates(predictor)))
     if paper is not None:
-      proposals, _ = paper.proposals_of_clips(clips, video.frames.shape[:3])
-      values[PAPER_KEY] = scores.score_discovery(video, proposals, tasks,
-                                                 e.unsupervised_matching, e.max_proposals,
-                                                 candidates(paper))
+      with timer("paper's inference: proposals and scores"):
+        proposals, _ = paper.proposals_of_clips(clips, video.frames.shape[:3])
+        values[PAPER_KEY] = scores.score_discovery(video, proposals, tasks,
+                                                   e.unsupervised_matching, e.max_proposals,
+                                                   candidates(paper))
   if any(t in tasks for t in scores.MASK_PROPAGATION_TASKS):
-    predictions["propagation"] = propagate_masks(predictor, variables, video.frames,
-                                                 video.labels[0], _num_labels(video, tasks))
-    values.update(scores.score_masks(video, predictions["propagation"], tasks))
+    with timer("label propagation"):
+      predictions["propagation"] = propagate_masks(predictor, variables, video.frames,
+                                                   video.labels[0], _num_labels(video, tasks))
+    with timer("propagation scores"):
+      values.update(scores.score_masks(video, predictions["propagation"], tasks))
   if "pck" in tasks:
-    keypoints, visible = propagate_keypoints(predictor, variables, video.frames,
-                                             video.keypoints[0])
-    predictions["keypoints"] = keypoints, visible
-    values["pck"] = pose.normalised_distances(keypoints, video.keypoints, visible)
+    with timer("keypoint propagation and PCK"):
+      keypoints, visible = propagate_keypoints(predictor, variables, video.frames,
+                                               video.keypoints[0])
+      predictions["keypoints"] = keypoints, visible
+      values["pck"] = pose.normalised_distances(keypoints, video.keypoints, visible)
   return values, predictions
 
 
@@ -153,21 +183,22 @@ def discovery_scores(predictor: Predictor, variables, videos, tasks=scores.DISCO
   return table.summary(), first
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def evaluate(config: ml_collections.ConfigDict, workdir: str, timer=untimed) -> dict:
   """Evaluate and print a table; writes WORKDIR/eval/<benchmark>/results.csv
   (naming the weights evaluated), per_video.csv, the trained model's predictions
   and overlays (one folder per benchmark, so one evaluation never overwrites
-  another's). Returns {method: {metric: value}}."""
+  another's). Returns {method: {metric: value}}. `timer`: a StageTimes."""
   e = config.eval
   tasks = tasks_of(e.benchmark)
-  root, names, load = benchmark_data(config, workdir)
-  predictor = Predictor(config)
-  # The paper's inference from the same forward passes, where ours differs from it.
-  paper = (Predictor(paper_inference_config(config))
-           if e.paper_inference and not uses_paper_inference(config)
-           and any(t in tasks for t in scores.DISCOVERY_TASKS) else None)
-  methods = {"trained": trained_variables(config, workdir),
-             "untrained": untrained_variables(config)}
+  with timer("set-up: data, weights, models"):
+    root, names, load = benchmark_data(config, workdir)
+    predictor = Predictor(config)
+    # The paper's inference from the same forward passes, where ours differs from it.
+    paper = (Predictor(paper_inference_config(config))
+             if e.paper_inference and not uses_paper_inference(config)
+             and any(t in tasks for t in scores.DISCOVERY_TASKS) else None)
+    methods = {"trained": trained_variables(config, workdir),
+               "untrained": untrained_variables(config)}
   console.say(f"evaluating {e.params} of {methods['trained'][1].describe()}")
   out_dir = os.path.join(workdir, EVAL_DIR, e.benchmark)
   rows = ("trained", *([PAPER_METHOD] if paper else []), "untrained", "trivial")
@@ -176,22 +207,26 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   reused = 0
   began = time.time()
   for index, name in enumerate(names):
-    video = load(name)
+    with timer("reading videos"):
+      video = load(name)
     for method, (variables, _) in methods.items():
       if method == "untrained" and cache and (values := cache.get(video)) is not None:
         tables[method].add(name, values)
         reused += 1
         continue
-      values, predictions = evaluate_method(predictor, variables, video, tasks,
-                                            paper if method == "trained" else None)
+      values, predictions = evaluate_method(
+          predictor, variables, video, tasks, paper if method == "trained" else None,
+          timer=lambda stage, method=method: timer(f"{method}: {stage}"))
       if method == "untrained" and cache:
         cache.put(video, values)
       if PAPER_KEY in values:
         tables[PAPER_METHOD].add(name, values.pop(PAPER_KEY))
       tables[method].add(name, values)
       if method == "trained":
-        writers.write_predictions(out_dir, video, predictions, overlay=index < e.overlays)
-    tables["trivial"].add(name, evaluate_trivial(video, tasks, e))
+        with timer("writing predictions"):
+          writers.write_predictions(out_dir, video, predictions, overlay=index < e.overlays)
+    with timer("trivial"):
+      tables["trivial"].add(name, evaluate_trivial(video, tasks, e))
     eta = (time.time() - began) / (index + 1) * (len(names) - index - 1)
     console.say(f"evaluated {name} ({index + 1}/{len(names)}) | ETA {eta / 60:.1f} min")
   if reused:
