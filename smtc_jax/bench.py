@@ -400,6 +400,9 @@ def main(argv):
              "davis": bench_davis, "eval": lambda config: bench_eval(config, FLAGS.workdir)}
   if len(argv) != 2 or argv[1] not in benches:
     sys.exit(f"usage: python -m smtc_jax.bench {'|'.join(benches)} --config FILE [flags]")
+  if argv[1] in ("eval", "propagate"):  # inference, as main runs it (xla_cpu.py)
+    from smtc_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+    xla_cpu.use_inference_flags()
   _print(benches[argv[1]](FLAGS.config))
 
 

@@ -82,6 +82,9 @@ def main(argv):
     config_checks.validate(config, mode, workdir)
   except config_checks.ConfigError as e:
     sys.exit("\n".join(f"error: {line}" for line in str(e).splitlines()))
+  if mode in ("eval", "predict"):  # before JAX starts its backend, which reads XLA_FLAGS
+    from smtc_jax import xla_cpu
+    xla_cpu.use_inference_flags()
   import jax
   from smtc_jax import checkpoint, console, preemption, run_logs, sharding, train, workdir_lock
   # pylint: enable=g-import-not-at-top
