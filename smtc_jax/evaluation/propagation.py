@@ -25,26 +25,42 @@ def neighbourhood_mask(h: int, w: int, radius: float) -> jax.Array:
   return jnp.asarray(dist <= radius)
 
 
-@functools.partial(jax.jit, static_argnames=("topk", "temperature"))
-def propagate_step(query, context_feats, context_labels, context_valid, near, *, topk: int,
-                   temperature: float):
+BAND_ROWS = 4  # query rows compared at once, each band only with the rows within reach
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "reach", "topk", "temperature"))
+def propagate_step(query, context_feats, context_labels, context_valid, near, *, grid, reach: int,
+                   topk: int, temperature: float):
   """Labels (L, C) of one frame from its context.
 
-  query: (L, D) unit features; context_feats: (K, L, D); context_labels:
-  (K, L, C); context_valid: (K,) bool, False for padding frames; near: (L, L)
-  bool neighbourhood. Cells outside the radius or in padding never contribute;
-  of the rest, the top-k over all context frames do. Jitted once per shape: a
-  video's context is padded to a fixed K, so every frame reuses one compile.
+  query: (L, D) unit features of an (h, w) = grid; context_feats: (K, L, D);
+  context_labels: (K, L, C); context_valid: (K,) bool, False for padding
+  frames; near: (L, L) bool neighbourhood, never beyond `reach` rows. Cells
+  outside the radius or in padding never contribute; of the rest, the top-k over
+  all context frames do. The query's rows go in bands of BAND_ROWS, each compared
+  with the context rows within reach only (what lies further is outside the
+  radius): the same similarities and choices as the whole frame at once, for
+  about (BAND_ROWS + 2 reach) / h of its matmul. Jitted once per shape: a video's
+  context is padded to a fixed K, so every frame reuses one compile.
   """
+  h, w = grid
   k, l, _ = context_feats.shape
-  sim = jnp.einsum("ld,kmd->lkm", query, context_feats)  # (L, K, L)
-  allowed = near[:, None, :] & context_valid[None, :, None]
-  sim = jnp.where(allowed, sim, -jnp.inf).reshape(l, k * l)
-  top, idx = jax.lax.top_k(sim, topk)  # (L, topk)
-  weights = jax.nn.softmax(top / temperature, axis=-1)
-  weights = jnp.where(jnp.isfinite(top), weights, 0.0)
   flat_labels = context_labels.reshape(k * l, -1)
-  return jnp.einsum("lt,ltc->lc", weights, flat_labels[idx])
+  out = []
+  for top_row in range(0, h, BAND_ROWS):
+    rows = slice(top_row * w, min(h, top_row + BAND_ROWS) * w)
+    first, last = max(0, top_row - reach), min(h, top_row + BAND_ROWS + reach)
+    span = slice(first * w, last * w)
+    sim = jnp.einsum("ld,kmd->lkm", query[rows], context_feats[:, span])  # (band, K, span)
+    allowed = near[rows, None, span] & context_valid[None, :, None]
+    sim = jnp.where(allowed, sim, -jnp.inf).reshape(sim.shape[0], -1)
+    top, idx = jax.lax.top_k(sim, topk)  # (band, topk) into (K, span)
+    cells = (last - first) * w
+    flat = idx // cells * l + first * w + idx % cells  # into (K * L)
+    weights = jax.nn.softmax(top / temperature, axis=-1)
+    weights = jnp.where(jnp.isfinite(top), weights, 0.0)
+    out.append(jnp.einsum("lt,ltc->lc", weights, flat_labels[flat]))
+  return jnp.concatenate(out)
 
 
 def context_frames(t: int, video_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,12 +84,14 @@ def propagate_video(features, first_labels, *, video_len: int, radius: float, to
   feats = jnp.asarray(features).reshape(f, h * w, d)
   feats = feats / jnp.maximum(jnp.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
   near = neighbourhood_mask(h, w, radius)
+  reach = int(np.floor(radius))  # rows a neighbour can be away
   first = jnp.asarray(first_labels, jnp.float32).reshape(h * w, -1)
   labels = [first]  # per frame (L, C)
   for t in range(1, f):
     frames, valid = context_frames(t, video_len)
     labels.append(propagate_step(feats[t], feats[frames], jnp.stack([labels[i] for i in frames]),
-                                 jnp.asarray(valid), near, topk=topk, temperature=temperature))
+                                 jnp.asarray(valid), near, grid=(h, w), reach=reach, topk=topk,
+                                 temperature=temperature))
   return jnp.stack(labels).reshape(f, h, w, -1)
 
 
