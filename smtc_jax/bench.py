@@ -174,22 +174,24 @@ def step_flops(config, model, optimizer, mesh, state_sharding, state, batch, fro
   (not yet optimised) step without micro-batches. Not the compiled step's: on GPUs
   it hands the matmuls to cuBLAS calls the analysis does not count, and a loop's
   body (the micro-batches) is counted once. On CPU the two agree to 0.1 %."""
-  from smtc_jax import train  # pylint: disable=g-import-not-at-top
+  from smtc_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
   whole = config.copy_and_resolve_references()
   whole.train.microbatch = 0
-  step_fn = train.compile_train_steps(whole, model, optimizer, mesh, state_sharding)[frozen]
+  step_fn = step_lib.compile_train_steps(whole, model, optimizer, mesh, state_sharding)[frozen]
   return _flops_of(step_fn.lower(state, batch))
 
 
 def bench_step(config) -> dict:
-  from smtc_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from smtc_jax import sharding  # pylint: disable=g-import-not-at-top
   from smtc_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from smtc_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  from smtc_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh()
   sharding.check_batch_divisible(config.data.batch_size, mesh)
-  microbatches = train.microbatches_per_step(config, mesh)
+  microbatches = step_lib.microbatches_per_step(config, mesh)
   source = data_source(config) if FLAGS.fed else None  # bad data fails before compiling
-  model, optimizer, state, state_sharding = train.build(config, mesh)
-  steps = train.compile_train_steps(config, model, optimizer, mesh, state_sharding)
+  model, optimizer, state, state_sharding = state_lib.build(config, mesh)
+  steps = step_lib.compile_train_steps(config, model, optimizer, mesh, state_sharding)
   step_fn = steps[FLAGS.frozen]
   batch = random_batch(config, mesh)
   clips = config.data.batch_size

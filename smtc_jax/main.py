@@ -86,11 +86,11 @@ def main(argv):
     from smtc_jax import xla_cpu
     xla_cpu.use_inference_flags()
   import jax
-  from smtc_jax import checkpoint, console, preemption, run_logs, sharding, train, workdir_lock
+  from smtc_jax import checkpoint, console, preemption, run_logs, sharding, workdir_lock
   # pylint: enable=g-import-not-at-top
   console.start(verbose=FLAGS.alsologtostderr or FLAGS.logtostderr)
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  logdir = train.log_dir(config, workdir)
+  logdir = run_logs.local_dir(config, workdir)
   lock = None  # held while this process lives
   try:  # the first writes: a folder the checks passed may still refuse them (a read-only disk)
     if mode in ("train", "pretrain") and jax.process_index() == 0:

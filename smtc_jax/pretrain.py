@@ -35,10 +35,12 @@ from smtc_jax import losses
 from smtc_jax import run_config
 from smtc_jax import run_logs
 from smtc_jax import sharding
-from smtc_jax import train
 from smtc_jax.data import pipeline
 from smtc_jax.models import smtc
 from smtc_jax.models import vit
+from smtc_jax.training import loop
+from smtc_jax.training import state as state_lib
+from smtc_jax.training import step as step_lib
 
 PRETRAIN_DIR = "pretrain"
 
@@ -156,20 +158,18 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
       0.0, p.learning_rate, p.warmup_steps, max(p.num_steps, p.warmup_steps + 1),
       end_value=p.learning_rate * config.optim.final_lr_ratio)
   return optax.chain(optax.clip_by_global_norm(p.grad_clip_norm),
-                     optax.adamw(schedule, weight_decay=p.weight_decay, mask=train.decay_mask))
+                     optax.adamw(schedule, weight_decay=p.weight_decay,
+                                 mask=state_lib.decay_mask))
 
 
-def init_state(config, model, optimizer, rng) -> train.TrainState:
+def init_state(config, model, optimizer, rng) -> state_lib.TrainState:
   """Student and teacher start equal, from one dummy image."""
   params_rng, state_rng = jax.random.split(rng)
   image = jnp.zeros((1, *config.pretrain.resolution, 3), jnp.float32)
-  params = model.init(params_rng, image)["params"]
-  return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                          batch_stats={}, opt_state=optimizer.init(params), rng=state_rng,
-                          teacher_centre_fired=jnp.zeros((), jnp.bool_))
+  return state_lib.new_state(model.init(params_rng, image)["params"], optimizer, state_rng)
 
 
-def pretrain_step(state: train.TrainState, batch, *, config, model, optimizer):
+def pretrain_step(state: state_lib.TrainState, batch, *, config, model, optimizer):
   """One step: the teacher on the global views, the student on the local ones,
   the dense loss, AdamW, EMA. batch: {'views': (B, 2, H, W, 3) uint8 (global,
   local), 'boxes': (B, 2, 5)}."""
@@ -185,13 +185,8 @@ def pretrain_step(state: train.TrainState, batch, *, config, model, optimizer):
                                    num_iters=p.sinkhorn_iters)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  ema_params = train.ema_update(state.ema_params, params, p.ema_momentum, "all")
   metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
-  return state.replace(step=state.step + 1, params=params, ema_params=ema_params,
-                       opt_state=opt_state), metrics
-
+  return state_lib.apply_gradients(state, grads, optimizer, ema_momentum=p.ema_momentum), metrics
 
 
 def view_spec(config: ml_collections.ConfigDict) -> pipeline.ClipSpec:
@@ -221,11 +216,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
     return out
   p = config.pretrain
   stage_dir = os.path.join(workdir, PRETRAIN_DIR)
-  train.check_resume(config, os.path.join(stage_dir, checkpoint.CHECKPOINT_DIR),
-                     run_config.PRETRAIN_FIELDS, run_config.PRETRAIN_RESUMABLE)
-  logdir = train.log_dir(config, workdir)
-  os.makedirs(logdir, exist_ok=True)
-  train.save_config(config, logdir)
+  logdir = loop.start_logs(config, workdir, os.path.join(stage_dir, checkpoint.CHECKPOINT_DIR),
+                           run_config.PRETRAIN_FIELDS, run_config.PRETRAIN_RESUMABLE)
   mesh = sharding.make_mesh()
   sharding.check_batch_divisible(p.batch_size, mesh)
   source = pipeline.make_source(config, workdir)
@@ -235,31 +227,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
       sample=pipeline.SampleViews(view_spec(config), p.local_side, p.frame_gap))
   data_iter = pipeline.make_iterator(dataset, config.data.num_workers, config.data.prefetch)
   model, optimizer = build_model(config), make_optimizer(config)
-  init = functools.partial(init_state, config, model, optimizer)
-  rng = jax.random.PRNGKey(config.seed)
-  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), jax.eval_shape(init, rng))
-  state = jax.jit(init, out_shardings=state_sharding)(rng)
+  state, state_sharding = state_lib.place_state(
+      functools.partial(init_state, config, model, optimizer), jax.random.PRNGKey(config.seed),
+      mesh)
   manager = checkpoint.make_manager(stage_dir, config)
   state, data_iter = checkpoint.restore_latest(manager, state, data_iter, set_aside=True)
-  step_fn = jax.jit(functools.partial(pretrain_step, config=config, model=model,
-                                      optimizer=optimizer),
-                    in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                    out_shardings=(state_sharding, sharding.replicated(mesh)),
-                    donate_argnums=(0,))
-  writer = train.MetricWriter(logdir, prefix="pretrain/",
-                              mirror=run_logs.mirror_for(config, workdir))
+  step_fn = step_lib.compile_step(
+      functools.partial(pretrain_step, config=config, model=model, optimizer=optimizer),
+      mesh, state_sharding)
+  writer = loop.MetricWriter(logdir, prefix="pretrain/",
+                             mirror=run_logs.mirror_for(config, workdir))
   console.say(f"pretraining the encoder from step {int(state.step)} to {p.num_steps} "
               f"(smtc_jax/pretrain.py); checkpoints in {manager.directory}")
-  stage = train.Stage(p.num_steps, lambda _: step_fn,
-                      functools.partial(progress_line, num_steps=p.num_steps))
-  state, _ = train.run_loop(config, stage, state, data_iter, mesh, manager, writer)
+  stage = loop.Stage(p.num_steps, lambda _: step_fn,
+                     functools.partial(progress_line, num_steps=p.num_steps),
+                     mesh, manager, writer)
+  state, _ = loop.run_loop(config, stage, state, data_iter)
   checkpoint.export_params_tree({"params": jax.device_get(state.ema_params)}, out, config)
   console.say(f"pretrained encoder (the teacher's) exported to {out}")
   return out
 
 
 def progress_line(step, scalars, steps_per_sec, *, num_steps) -> str:
-  eta = (num_steps - step) / max(steps_per_sec, 1e-9)
-  return (f"pretrain step {step}/{num_steps} | loss {scalars['loss']:.4f} | agreement "
-          f"{scalars['agreement']:.2f} | prototypes used {scalars['prototypes_used']:.2f} | "
-          f"{steps_per_sec:.2f} steps/s | ETA {eta / 60:.1f} min")
+  fields = (f"loss {scalars['loss']:.4f} | agreement {scalars['agreement']:.2f} | "
+            f"prototypes used {scalars['prototypes_used']:.2f}")
+  return loop.progress_line("pretrain ", step, num_steps, fields, steps_per_sec)

@@ -25,16 +25,18 @@ def test_step_flops_count_the_whole_batch_whatever_the_micro_batches():
   # A micro-batched step's module holds one micro-batch in a loop body that XLA's cost
   # analysis counts once; the benchmark counts the same step over the whole batch.
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  from smtc_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from smtc_jax import sharding  # pylint: disable=g-import-not-at-top
+  from smtc_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  from smtc_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   config.data.batch_size = 2
   mesh = sharding.make_mesh()
-  model, optimizer, state, state_sharding = train.build(config, mesh)
+  model, optimizer, state, state_sharding = state_lib.build(config, mesh)
   batch = bench.random_batch(config, mesh)
 
   def lowered_flops(microbatch):
     config.train.microbatch = microbatch
-    step = train.compile_train_steps(config, model, optimizer, mesh, state_sharding)[False]
+    step = step_lib.compile_train_steps(config, model, optimizer, mesh, state_sharding)[False]
     return bench._flops_of(step.lower(state, batch))  # pylint: disable=protected-access
 
   whole, looped = lowered_flops(0), lowered_flops(1)
@@ -63,12 +65,14 @@ def test_the_fed_step_runs_one_step_per_batch_drawn_in_order():
   # --fed times the loop's pattern: the state it leaves is the one the same batches give
   # stepped one by one, and it draws exactly warmup + steps batches.
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  from smtc_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from smtc_jax import sharding  # pylint: disable=g-import-not-at-top
+  from smtc_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  from smtc_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   config.data.batch_size = 2
   mesh = sharding.make_mesh()
-  model, optimizer, state, state_sharding = train.build(config, mesh)
-  step = train.compile_train_steps(config, model, optimizer, mesh, state_sharding)[False]
+  model, optimizer, state, state_sharding = state_lib.build(config, mesh)
+  step = step_lib.compile_train_steps(config, model, optimizer, mesh, state_sharding)[False]
   rng = np.random.default_rng(0)
   shape = (2, config.data.num_frames, *config.data.resolution, 3)
   batches = [{k: rng.integers(0, 256, shape, dtype=np.uint8) for k in ("student", "teacher")}

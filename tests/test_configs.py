@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smtc_jax import checkpoint, sharding, train
+from smtc_jax import checkpoint, sharding
 from smtc_jax.data import pipeline
 from smtc_jax.models import smtc
+from smtc_jax.training import state as state_lib
 
 CONFIGS = ["base", "reference", "tiny", "cpu_synthetic", "tpu_v4", "gpu", "dinov2"]
 
@@ -38,15 +39,15 @@ def test_exported_params_initialise_a_new_run(tmp_path, scope):
   config = importlib.import_module("configs.tiny").get_config()
   mesh = sharding.make_mesh()
   model = smtc.build_model(config)
-  optimizer = train.make_optimizer(config)
-  state, _ = train.create_state(config, model, optimizer, mesh)
+  optimizer = state_lib.make_optimizer(config)
+  state, _ = state_lib.create_state(config, model, optimizer, mesh)
   checkpoint.export_params(state, str(tmp_path / "export"))
   with pytest.raises(FileExistsError):
     checkpoint.export_params(state, str(tmp_path / "export"))
   config.seed = 1
   config.init.checkpoint = str(tmp_path / "export")
   config.init.scope = scope
-  other, _ = train.create_state(config, model, optimizer, mesh)
+  other, _ = state_lib.create_state(config, model, optimizer, mesh)
   np.testing.assert_array_equal(other.params["encoder"]["pos_embed"],
                                 state.params["encoder"]["pos_embed"])
   np.testing.assert_array_equal(other.ema_params["encoder"]["norm"]["scale"],
@@ -59,14 +60,14 @@ def test_init_checkpoint_with_the_wrong_shapes_is_rejected_by_name(tmp_path):
   config = importlib.import_module("configs.tiny").get_config()
   mesh = sharding.make_mesh()
   model = smtc.build_model(config)
-  state, _ = train.create_state(config, model, train.make_optimizer(config), mesh)
+  state, _ = state_lib.create_state(config, model, state_lib.make_optimizer(config), mesh)
   checkpoint.export_params(state, str(tmp_path / "export"))
   config.model.vit.dim = 48
   config.model.vit.num_heads = 4
   config.init.checkpoint = str(tmp_path / "export")
   bigger = smtc.build_model(config)
   with pytest.raises(ValueError, match="wrong shapes"):
-    train.create_state(config, bigger, train.make_optimizer(config), mesh)
+    state_lib.create_state(config, bigger, state_lib.make_optimizer(config), mesh)
 
 
 def test_reference_config_selects_the_authors_training_recipe():
@@ -77,8 +78,8 @@ def test_reference_config_selects_the_authors_training_recipe():
   assert o.learning_rate / config.data.batch_size == pytest.approx(2e-5 / 128)
   assert config.train.num_steps == 10000
   # train.py: encoder groups at lr x 0 for 3000 steps, then x 0.01.
-  assert train.encoder_frozen(config, 2999) and not train.encoder_frozen(config, 3000)
-  ratio = train.encoder_learning_rate(config)(3000) / train.learning_rate(config)(3000)
+  assert state_lib.encoder_frozen(config, 2999) and not state_lib.encoder_frozen(config, 3000)
+  ratio = state_lib.encoder_learning_rate(config)(3000) / state_lib.learning_rate(config)(3000)
   assert float(ratio) == pytest.approx(0.01)
   assert config.train.ema_scope == "non_encoder" and config.model.vit.drop_path_rate == 0.1
   spec = pipeline.ClipSpec.from_config(config.data)

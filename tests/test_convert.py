@@ -302,11 +302,13 @@ def test_conversion_cli_round_trips_into_training_and_evaluation(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "smtc_jax.convert", "--kind", "smtc", "--input",
                          str(pth), "--output", str(out)], cwd=REPO, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  from smtc_jax import checkpoint, sharding, train
+  from smtc_jax import checkpoint, sharding
+  from smtc_jax.training import state as state_lib
   model, variables = convert.smtc_torch_to_flax(_fake_smtc_state())
   config = _tiny_reference_config()
   config.init.checkpoint, config.init.scope = str(out), "all"
-  state, _ = train.create_state(config, model, train.make_optimizer(config), sharding.make_mesh())
+  state, _ = state_lib.create_state(config, model, state_lib.make_optimizer(config),
+                                    sharding.make_mesh())
   np.testing.assert_array_equal(state.params["slot_attention"]["mu"],
                                 variables["params"]["slot_attention"]["mu"])
   loaded = checkpoint.load_params(str(out))  # what evaluation reads
@@ -366,14 +368,16 @@ def test_moco_checkpoint_initialises_the_resnet_encoder(tmp_path):
                         capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-2000:]
   from configs import tiny
-  from smtc_jax import sharding, train
+  from smtc_jax import sharding
   from smtc_jax.models import smtc
+  from smtc_jax.training import state as state_lib
   config = tiny.get_config()
   config.model.encoder = "resnet"
   config.data.resolution = (64, 64)
   config.init.checkpoint = str(out)
   model = smtc.build_model(config)
-  state, _ = train.create_state(config, model, train.make_optimizer(config), sharding.make_mesh())
+  state, _ = state_lib.create_state(config, model, state_lib.make_optimizer(config),
+                                    sharding.make_mesh())
   np.testing.assert_allclose(state.params["encoder"]["backbone"]["conv1"]["kernel"],
                              reference.conv1.weight.detach().numpy().transpose(2, 3, 1, 0))
   np.testing.assert_allclose(state.batch_stats["encoder"]["backbone"]["bn1"]["var"],

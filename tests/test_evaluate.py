@@ -16,6 +16,7 @@ from smtc_jax import checkpoint, sharding, train
 from smtc_jax.evaluation import davis, discovery, evaluate, monitor, predictor, readers, writers
 from smtc_jax.evaluation import scores as scores_lib
 from smtc_jax.models import smtc
+from smtc_jax.training import state as state_lib
 from tests import benchmark_layouts as layouts
 
 
@@ -416,8 +417,8 @@ def test_frames_of_mixed_sizes_are_named(tmp_path):
 def _saved_state(config, workdir, step, shift):
   """A train state at `step` with slot_attention.mu shifted by `shift`, saved as
   the workdir's checkpoint (without a data iterator: evaluation reads none)."""
-  state, _ = train.create_state(config, smtc.build_model(config),
-                                train.make_optimizer(config), sharding.make_mesh())
+  state, _ = state_lib.create_state(config, smtc.build_model(config),
+                                    state_lib.make_optimizer(config), sharding.make_mesh())
   params = {**state.params, "slot_attention": {**state.params["slot_attention"],
                                                "mu": state.params["slot_attention"]["mu"] + shift}}
   state = state.replace(step=jax.numpy.asarray(step, jax.numpy.int32), params=params)

@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from smtc_jax import checkpoint, preemption, sharding, train, workdir_lock
+from smtc_jax import checkpoint, preemption, sharding, workdir_lock
+from smtc_jax.training import loop
+from smtc_jax.training import state as state_lib
 from tests.test_train import _losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,7 +124,7 @@ def tiny_state(jobs, trained):
   """(config, initial TrainState) of the jobs' config, built in this process."""
   del trained  # its synthetic set
   config = _config(jobs.data)
-  _, _, state, _ = train.build(config, sharding.make_mesh())
+  _, _, state, _ = state_lib.build(config, sharding.make_mesh())
   return config, state
 
 
@@ -230,10 +232,11 @@ def test_a_non_finite_state_is_never_checkpointed_and_the_error_names_the_last_g
   batch = {"student": np.zeros((2, 3, 32, 32, 3), np.uint8)}
   data_iter = iter(grain.MapDataset.source([batch] * 4).to_iter_dataset())
   manager = checkpoint.make_manager(str(tmp_path), config)
-  writer, watch = train.MetricWriter(str(tmp_path)), preemption.Watch()
+  writer, watch = loop.MetricWriter(str(tmp_path)), preemption.Watch()
   with pytest.raises(FloatingPointError) as error:
-    stage = train.Stage(config.train.num_steps, lambda _: step, lambda *_: "")
-    train.train_loop(config, stage, state, data_iter, sharding.make_mesh(), manager, writer, watch)
+    stage = loop.Stage(config.train.num_steps, lambda _: step, lambda *_: "", sharding.make_mesh(),
+                       manager, writer)
+    loop.train_loop(config, stage, state, data_iter, watch)
   watch.close()
   writer.close()
   manager.wait_until_finished()

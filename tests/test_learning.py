@@ -13,6 +13,8 @@ from smtc_jax import sharding, train
 from smtc_jax.data import pipeline
 from smtc_jax.evaluation import evaluate, scores
 from smtc_jax.models import smtc
+from smtc_jax.training import state as state_lib
+from smtc_jax.training import step as step_lib
 
 # Margins over the trivial whole-frame prediction (IoU 0.150, J&F 0.020 on these
 # four videos) on the same videos: about half of what the run below gained (IoU
@@ -87,16 +89,16 @@ def test_a_collapsed_start_leaves_its_collapse_only_with_the_teacher_centred(tmp
       source, pipeline.ClipSpec.from_config(config.data), seed=0,
       global_batch=config.data.batch_size, process_index=0, process_count=1), 0)
   batches = [sharding.global_batch(next(data), mesh) for _ in range(warmup + 10)]
-  model, optimizer = smtc.build_model(config), train.make_optimizer(config)
+  model, optimizer = smtc.build_model(config), state_lib.make_optimizer(config)
   uncentred = config.copy_and_resolve_references()
   uncentred.loss.teacher_centre_steps = 0
 
   def start(seed):
     config.seed = seed
-    return train.create_state(config, model, optimizer, mesh)
+    return state_lib.create_state(config, model, optimizer, mesh)
 
   state, state_sharding = start(0)
-  steps = {c.loss.teacher_centre_steps: train.compile_train_steps(
+  steps = {c.loss.teacher_centre_steps: step_lib.compile_train_steps(
       c, model, optimizer, mesh, state_sharding)[False] for c in (config, uncentred)}
   first_share = {s: _watch(start(s)[0], steps[warmup], batches[:1])[0][0] for s in range(12)}
   seed = max(first_share, key=first_share.get)

@@ -147,8 +147,8 @@ def test_pretraining_exports_the_teacher_encoder_that_training_starts_from(tmp_p
   # A second call reuses the export; the SMTC state loads its encoder.
   assert pretrain.run(config, workdir) == out
   config.init.checkpoint = out
-  from smtc_jax import train  # pylint: disable=g-import-not-at-top
-  _, _, state, _ = train.build(config, sharding.make_mesh())
+  from smtc_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  _, _, state, _ = state_lib.build(config, sharding.make_mesh())
   for got, want in zip(jax.tree.leaves(state.params["encoder"]),
                        jax.tree.leaves(exported["encoder"])):
     np.testing.assert_array_equal(np.asarray(got), want)

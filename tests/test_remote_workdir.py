@@ -14,7 +14,8 @@ import tempfile
 import pytest
 
 from configs import tpu_v4
-from smtc_jax import config_checks, run_logs, train
+from smtc_jax import config_checks, run_logs
+from smtc_jax.training import loop
 from tests.conftest import GCS_BUCKET
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +65,7 @@ def test_metrics_tensorboard_and_logs_reach_the_bucket_and_a_resume_appends(gcs,
     with open(os.path.join(local, name), "w") as f:
       f.write(text)
   mirror = run_logs.Mirror(local, remote, process_index=0)
-  writer = train.MetricWriter(local, mirror=mirror)
+  writer = loop.MetricWriter(local, mirror=mirror)
   writer.write(10, {"loss": 1.5})
   writer.write(20, {"loss": 1.25})
   writer.close()
@@ -83,7 +84,7 @@ def test_metrics_tensorboard_and_logs_reach_the_bucket_and_a_resume_appends(gcs,
   fresh = str(tmp_path / "fresh_host")
   again = run_logs.Mirror(fresh, remote, process_index=0)
   again.pull(["metrics.jsonl", "train.log"])
-  writer = train.MetricWriter(fresh, mirror=again)
+  writer = loop.MetricWriter(fresh, mirror=again)
   writer.write(30, {"loss": 1.0})
   writer.close()
   steps = [json.loads(line)["step"] for line in _read(f"{remote}/metrics.jsonl").splitlines()]

@@ -17,6 +17,8 @@ from configs import gpu, tiny, tpu_v4
 from smtc_jax import checkpoint, sharding, train
 from smtc_jax.evaluation import monitor
 from smtc_jax.models import smtc
+from smtc_jax.training import state as state_lib
+from smtc_jax.training import step as step_lib
 from tests import benchmark_layouts as layouts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,9 +27,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _setup(config, devices=None):
   mesh = sharding.make_mesh(devices)
   model = smtc.build_model(config)
-  optimizer = train.make_optimizer(config)
-  state, state_sharding = train.create_state(config, model, optimizer, mesh)
-  steps = train.compile_train_steps(config, model, optimizer, mesh, state_sharding)
+  optimizer = state_lib.make_optimizer(config)
+  state, state_sharding = state_lib.create_state(config, model, optimizer, mesh)
+  steps = step_lib.compile_train_steps(config, model, optimizer, mesh, state_sharding)
   return mesh, state, steps
 
 
@@ -81,7 +83,7 @@ def test_code_ema_scope_keeps_the_teachers_encoder_at_init(config):
 def test_frozen_encoder_step_gives_the_same_losses_and_head_update(config):
   config.optim.grad_iter = 5  # encoder lr is 0 at step 0
   mesh, state, steps = _setup(config)
-  assert train.encoder_frozen(config, 0) and not train.encoder_frozen(config, 5)
+  assert state_lib.encoder_frozen(config, 0) and not state_lib.encoder_frozen(config, 5)
   batch = _batch(config, 2)
   copy = jax.tree.map(jnp.copy, state)
   frozen, m_frozen = steps[True](state, sharding.global_batch(batch, mesh))
@@ -97,7 +99,7 @@ def _encoder_adam(opt_state):
   """The encoder group's Adam state (its mu holds the encoder's parameters)."""
   is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
   found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_adam)
-           if is_adam(s) and not isinstance(s.mu[train.ENCODER], optax.MaskedNode)]
+           if is_adam(s) and not isinstance(s.mu[state_lib.ENCODER], optax.MaskedNode)]
   assert len(found) == 1
   return found[0]
 
@@ -105,11 +107,11 @@ def _encoder_adam(opt_state):
 def test_first_encoder_update_after_the_freeze_is_a_fresh_adamw_update(config):
   config.optim.grad_iter = 2
   mesh, state, steps = _setup(config)
-  start = _host(state.params[train.ENCODER])
+  start = _host(state.params[state_lib.ENCODER])
   for k in range(2):
     state, _ = steps[True](state, sharding.global_batch(_batch(config, 2, k), mesh))
   # Frozen: the encoder and its Adam state (count included) are untouched.
-  jax.tree.map(np.testing.assert_array_equal, _host(state.params[train.ENCODER]), start)
+  jax.tree.map(np.testing.assert_array_equal, _host(state.params[state_lib.ENCODER]), start)
   assert int(_encoder_adam(state.opt_state).count) == 0
   state, _ = steps[False](state, sharding.global_batch(_batch(config, 2, 2), mesh))
   adam = _encoder_adam(state.opt_state)
@@ -117,15 +119,15 @@ def test_first_encoder_update_after_the_freeze_is_a_fresh_adamw_update(config):
   # The gradient it was fed, from its first moment (1 - b1) g, given to a fresh
   # AdamW at the encoder's learning rate of step 2.
   o = config.optim
-  grads = jax.tree.map(lambda m: np.asarray(m) / (1 - o.b1), adam.mu[train.ENCODER])
-  fresh = optax.adamw(train.encoder_learning_rate(config)(2), b1=o.b1, b2=o.b2, eps=o.eps,
-                      weight_decay=o.weight_decay, mask=train.decay_mask)
+  grads = jax.tree.map(lambda m: np.asarray(m) / (1 - o.b1), adam.mu[state_lib.ENCODER])
+  fresh = optax.adamw(state_lib.encoder_learning_rate(config)(2), b1=o.b1, b2=o.b2, eps=o.eps,
+                      weight_decay=o.weight_decay, mask=state_lib.decay_mask)
   updates, _ = fresh.update(grads, fresh.init(start), start)
   expected = optax.apply_updates(start, updates)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8),
-               _host(state.params[train.ENCODER]), _host(expected))
+               _host(state.params[state_lib.ENCODER]), _host(expected))
   assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(_host(state.params[
-      train.ENCODER])), jax.tree.leaves(start))) > 1e-4  # it did move
+      state_lib.ENCODER])), jax.tree.leaves(start))) > 1e-4  # it did move
 
 
 def test_student_trains_with_stochastic_depth(config):
@@ -143,12 +145,12 @@ def test_student_trains_with_stochastic_depth(config):
 
 def test_weight_decay_skips_biases_and_one_dimensional_parameters():
   params = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}, "mu": jnp.ones((4, 2))}
-  mask = train.decay_mask(params)
+  mask = state_lib.decay_mask(params)
   assert mask == {"dense": {"kernel": True, "bias": False}, "mu": True}
 
 
 def _loss_and_grads(config, state, batch, microbatches):
-  fn = functools.partial(train.loss_and_grads, config=config, model=smtc.build_model(config),
+  fn = functools.partial(step_lib.loss_and_grads, config=config, model=smtc.build_model(config),
                          freeze_encoder=False, microbatches=microbatches)
   return _host(jax.jit(fn)(state, batch))
 
@@ -248,9 +250,9 @@ def test_microbatch_that_does_not_divide_the_device_batch_fails_at_start_up(conf
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")  # nothing written or built
   config.train.microbatch = 8  # at least the device's share: the whole share at once
-  assert train.microbatches_per_step(config, sharding.make_mesh()) == 1
+  assert step_lib.microbatches_per_step(config, sharding.make_mesh()) == 1
   config.train.microbatch = 2
-  assert train.microbatches_per_step(config, sharding.make_mesh()) == 2
+  assert step_lib.microbatches_per_step(config, sharding.make_mesh()) == 2
 
 
 def _youtube_vos(root, videos=4, frames=9, size=48):
@@ -323,8 +325,10 @@ import json, re, sys
 import jax, numpy as np
 sys.path.insert(0, {repo!r})
 from configs import tiny
-from smtc_jax import sharding, train
+from smtc_jax import sharding
 from smtc_jax.models import smtc
+from smtc_jax.training import state as state_lib
+from smtc_jax.training import step as step_lib
 from tests.test_train import _batch
 config = tiny.get_config()
 config.data.batch_size = 16
@@ -337,9 +341,9 @@ for detach, name, devices, microbatch in [
   config.train.microbatch = microbatch
   mesh = sharding.make_mesh(devices)
   model = smtc.build_model(config)
-  opt = train.make_optimizer(config)
-  state, state_sharding = train.create_state(config, model, opt, mesh)
-  steps = train.compile_train_steps(config, model, opt, mesh, state_sharding)
+  opt = state_lib.make_optimizer(config)
+  state, state_sharding = state_lib.create_state(config, model, opt, mesh)
+  steps = step_lib.compile_train_steps(config, model, opt, mesh, state_sharding)
   batch = sharding.global_batch(_batch(config, 16), mesh)
   assert len(batch["student"].sharding.device_set) == len(devices)
   compiled = steps[False].lower(state, batch).compile()

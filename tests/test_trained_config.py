@@ -15,6 +15,7 @@ from configs import tiny
 from smtc_jax import checkpoint, export, pretrain, run_config, train
 from smtc_jax.evaluation import predictor
 from smtc_jax.models import smtc
+from smtc_jax.training import loop
 from tests.test_faults import _damage_arrays
 
 # The in-process restore of a damaged checkpoint leaves TensorStore callbacks
@@ -136,7 +137,7 @@ def test_a_resume_under_another_config_is_refused_and_config_json_kept(
     params, tmp_path, field, value):
   trained = _config()
   _save(tmp_path, trained, _weights(params, 4))
-  train.save_config(trained, str(tmp_path))
+  loop.save_config(trained, str(tmp_path))
   first = (tmp_path / "config.json").read_text()
   config = _changed(_config(), field, value)
   with pytest.raises(run_config.ConfigMismatch, match=field.replace(".", r"\.")) as refused:
@@ -178,7 +179,7 @@ def test_fields_that_may_change_on_resume_are_named_and_earlier_configs_kept(par
   changes = checkpoint.check_resume(os.path.join(str(tmp_path), checkpoint.CHECKPOINT_DIR), config)
   assert changes == [f"train.log_every={trained.train.log_every} -> 3",
                      f"train.num_steps={trained.train.num_steps} -> 12"]
-  paths = [train.save_config(c, str(tmp_path)) for c in (trained, config, trained, config)]
+  paths = [loop.save_config(c, str(tmp_path)) for c in (trained, config, trained, config)]
   assert [os.path.basename(p) for p in paths] == ["config.json", "config.1.json", "config.json",
                                                   "config.1.json"]
   assert json.loads((tmp_path / "config.json").read_text()) == run_config.plain(trained)
