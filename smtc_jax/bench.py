@@ -181,7 +181,15 @@ def step_flops(config, model, optimizer, mesh, state_sharding, state, batch, fro
   return _flops_of(step_fn.lower(state, batch))
 
 
-def bench_step(config) -> dict:
+def bench_step(config, *, workdir: str | None = None, frozen: bool = False, fed: bool = False,
+               steps: int = 10, warmup: int = 2, trace_dir: str = "", trace_steps: int = 2,
+               top_ops: int = 12, matmul_size: int = 0) -> dict:
+  """The train step of `config` (the frozen-encoder one with `frozen`) timed over
+  `steps` after `warmup`; with `fed`, also fed by the input pipeline on the data
+  in `workdir`; with `trace_dir`, the `top_ops` costliest op groups of
+  `trace_steps` traced steps; the matmul peak of `matmul_size` (0: by backend)."""
+  if fed and workdir is None:
+    raise ValueError("bench_step: fed=True reads its data from a workdir; none given")
   from smtc_jax import sharding  # pylint: disable=g-import-not-at-top
   from smtc_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from smtc_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
@@ -189,16 +197,15 @@ def bench_step(config) -> dict:
   mesh = sharding.make_mesh()
   sharding.check_batch_divisible(config.data.batch_size, mesh)
   microbatches = step_lib.microbatches_per_step(config, mesh)
-  source = data_source(config) if FLAGS.fed else None  # bad data fails before compiling
+  source = data_source(config, workdir) if fed else None  # bad data fails before compiling
   model, optimizer, state, state_sharding = state_lib.build(config, mesh)
-  steps = step_lib.compile_train_steps(config, model, optimizer, mesh, state_sharding)
-  step_fn = steps[FLAGS.frozen]
+  step_fn = step_lib.compile_train_steps(config, model, optimizer, mesh, state_sharding)[frozen]
   batch = random_batch(config, mesh)
   clips = config.data.batch_size
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
-  flops = step_flops(config, model, optimizer, mesh, state_sharding, state, batch, FLAGS.frozen)
+  flops = step_flops(config, model, optimizer, mesh, state_sharding, state, batch, frozen)
   analysis = compiled.memory_analysis()  # XLA's own plan: comparable across backends
   temp_bytes = float(getattr(analysis, "temp_size_in_bytes", float("nan")))
   holder = [state]
@@ -207,41 +214,40 @@ def bench_step(config) -> dict:
     holder[0], metrics = compiled(holder[0], batch)
     return metrics["loss"]
 
-  step_s = _median_seconds(one, FLAGS.warmup, FLAGS.steps)
-  fed = ({"fed_step_s": fed_step_seconds(compiled, holder,
-                                          pipeline.training_iterator(config, source), mesh,
-                                          FLAGS.steps, FLAGS.warmup)} if FLAGS.fed else {})
-  top_ops = (profile_ops(one, compiled, FLAGS.trace_dir, FLAGS.trace_steps, FLAGS.top_ops)
-             if FLAGS.trace_dir else [])
+  step_s = _median_seconds(one, warmup, steps)
+  fed_s = ({"fed_step_s": fed_step_seconds(compiled, holder,
+                                            pipeline.training_iterator(config, source), mesh,
+                                            steps, warmup)} if fed else {})
+  top = profile_ops(one, compiled, trace_dir, trace_steps, top_ops) if trace_dir else []
   backend = jax.default_backend()
-  size = FLAGS.matmul_size or (8192 if backend != "cpu" else 2048)
+  size = matmul_size or (8192 if backend != "cpu" else 2048)
   peak_f32 = matmul_peak(jnp.float32, size)
   peak_bf16 = matmul_peak(jnp.bfloat16, size)
   memory, memory_kind = peak_memory_bytes()
   achieved = flops / step_s
   return {
       "bench": "step", "backend": backend, "devices": jax.device_count(),
-      "frozen_encoder": FLAGS.frozen, "dtype": config.model.dtype, "batch": clips,
+      "frozen_encoder": frozen, "dtype": config.model.dtype, "batch": clips,
       "microbatches": microbatches,
       "microbatch_clips": clips // (mesh.shape[sharding.DATA_AXIS] * microbatches),
-      "compile_s": compile_s, "step_s": step_s, "clips_per_s": clips / step_s, **fed,
+      "compile_s": compile_s, "step_s": step_s, "clips_per_s": clips / step_s, **fed_s,
       "step_flops": flops, "achieved_flops_per_s": achieved,
       "matmul_peak_f32": peak_f32, "matmul_peak_bf16": peak_bf16,
       "mfu_vs_f32_peak": achieved / peak_f32, "xla_temp_bytes": temp_bytes,
       "peak_memory_bytes": memory,
-      "memory_kind": memory_kind, "top_ops": top_ops,
+      "memory_kind": memory_kind, "top_ops": top,
   }
 
 
-def data_source(config):
-  """The training data of `config` in --workdir (generated there for the synthetic
+def data_source(config, workdir: str):
+  """The training data of `config` in `workdir` (generated there for the synthetic
   source); a bad data config or a missing dataset fails here, as in the main job."""
   from smtc_jax import config_checks  # pylint: disable=g-import-not-at-top
   from smtc_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   found = config_checks.check_data(config, "train")
   if found:
     raise config_checks.ConfigError("\n".join(found))
-  return pipeline.make_source(config, FLAGS.workdir)
+  return pipeline.make_source(config, workdir)
 
 
 def fed_step_seconds(compiled, holder, iterator, mesh, steps: int, warmup: int) -> float:
@@ -265,21 +271,22 @@ def fed_step_seconds(compiled, holder, iterator, mesh, steps: int, warmup: int) 
   return (time.perf_counter() - start) / steps
 
 
-def bench_data(config) -> dict:
-  """Clips/s the input pipeline makes in its steady state: after --warmup batches the
-  batches it made ahead are drawn untimed too, so the timed ones are made while timed."""
+def bench_data(config, *, workdir: str, steps: int = 10, warmup: int = 2) -> dict:
+  """Clips/s the input pipeline makes on the data in `workdir`, in its steady state:
+  after `warmup` batches the batches it made ahead are drawn untimed too, so the
+  `steps` timed ones are made while timed."""
   from smtc_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   d = config.data
-  iterator = pipeline.training_iterator(config, data_source(config))
-  for _ in range(FLAGS.warmup + pipeline.buffered_batches(d.num_workers, d.prefetch)):
+  iterator = pipeline.training_iterator(config, data_source(config, workdir))
+  for _ in range(warmup + pipeline.buffered_batches(d.num_workers, d.prefetch)):
     next(iterator)
   start = time.perf_counter()
-  for _ in range(FLAGS.steps):
+  for _ in range(steps):
     next(iterator)
   seconds = time.perf_counter() - start
   return {"bench": "data", "batch": config.data.batch_size, "workers": config.data.num_workers,
-          "batches": FLAGS.steps, "seconds": seconds,
-          "clips_per_s": config.data.batch_size * FLAGS.steps / seconds}
+          "batches": steps, "seconds": seconds,
+          "clips_per_s": config.data.batch_size * steps / seconds}
 
 
 def write_davis_video(root: str, name: str, frames: np.ndarray, labels: np.ndarray) -> None:
@@ -340,27 +347,27 @@ def moving_objects(frames: int, objects: int, seed: int = 0) -> tuple[np.ndarray
   return gt, pred
 
 
-def bench_davis(config) -> dict:
-  """Per-object, per-frame J and F of one 480p sequence: this module, and the
-  reference implementation when given (same masks, frame by frame as it works)."""
-  del config
+def bench_davis(*, frames: int = 70, objects: int = 3, reference_metrics: str = "") -> dict:
+  """Per-object, per-frame J and F of one 480p sequence of `frames` frames and
+  `objects` objects: this module, and the reference implementation in the file
+  `reference_metrics` when given (same masks, frame by frame as it works)."""
   from smtc_jax.evaluation import davis  # pylint: disable=g-import-not-at-top
-  gt, pred = moving_objects(FLAGS.frames, FLAGS.objects)
-  masks = [(gt == k, pred == k) for k in range(1, FLAGS.objects + 1)]
+  gt, pred = moving_objects(frames, objects)
+  masks = [(gt == k, pred == k) for k in range(1, objects + 1)]
   start = time.perf_counter()
   ours = [(davis.j_measures(g, p), davis.f_measures(g, p)) for g, p in masks]
   ours_s = time.perf_counter() - start
-  result = {"bench": "davis", "frames": FLAGS.frames, "objects": FLAGS.objects,
+  result = {"bench": "davis", "frames": frames, "objects": objects,
             "size": "854x480", "ours_s": ours_s,
-            "ours_frames_per_s": FLAGS.frames / ours_s}
-  if FLAGS.reference_metrics:
-    j_ref, f_ref = davis.reference_measures(FLAGS.reference_metrics)
+            "ours_frames_per_s": frames / ours_s}
+  if reference_metrics:
+    j_ref, f_ref = davis.reference_measures(reference_metrics)
     start = time.perf_counter()
     ref = [(j_ref(g, p), f_ref(g, p)) for g, p in masks]
     ref_s = time.perf_counter() - start
     result.update({
-        "reference": FLAGS.reference_metrics, "reference_s": ref_s,
-        "reference_frames_per_s": FLAGS.frames / ref_s, "speedup": ref_s / ours_s,
+        "reference": reference_metrics, "reference_s": ref_s,
+        "reference_frames_per_s": frames / ref_s, "speedup": ref_s / ours_s,
         "max_abs_diff_j": max(float(np.max(np.abs(o[0] - r[0]))) for o, r in zip(ours, ref)),
         "max_abs_diff_f": max(float(np.max(np.abs(o[1] - r[1]))) for o, r in zip(ours, ref))})
   return result
@@ -398,8 +405,18 @@ def _print(result: dict) -> None:
 
 
 def main(argv):
-  benches = {"step": bench_step, "data": bench_data, "propagate": bench_propagate,
-             "davis": bench_davis, "eval": lambda config: bench_eval(config, FLAGS.workdir)}
+  """The one reader of the flags: each bench gets them as arguments."""
+  benches = {
+      "step": lambda config: bench_step(
+          config, workdir=FLAGS.workdir, frozen=FLAGS.frozen, fed=FLAGS.fed, steps=FLAGS.steps,
+          warmup=FLAGS.warmup, trace_dir=FLAGS.trace_dir, trace_steps=FLAGS.trace_steps,
+          top_ops=FLAGS.top_ops, matmul_size=FLAGS.matmul_size),
+      "data": lambda config: bench_data(config, workdir=FLAGS.workdir, steps=FLAGS.steps,
+                                        warmup=FLAGS.warmup),
+      "propagate": bench_propagate,
+      "davis": lambda _: bench_davis(frames=FLAGS.frames, objects=FLAGS.objects,
+                                     reference_metrics=FLAGS.reference_metrics),
+      "eval": lambda config: bench_eval(config, FLAGS.workdir)}
   if len(argv) != 2 or argv[1] not in benches:
     sys.exit(f"usage: python -m smtc_jax.bench {'|'.join(benches)} --config FILE [flags]")
   if argv[1] in ("eval", "propagate"):  # inference, as main runs it (xla_cpu.py)
