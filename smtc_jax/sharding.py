@@ -1,6 +1,6 @@
-"""Device mesh and shardings: a ('data', 'model') mesh over all devices, the
-batch split over 'data', parameters replicated. The same code runs on 1 CPU,
-simulated CPU devices, GPUs and TPU slices."""
+"""Device mesh and shardings: a one-axis ('data') mesh over all devices, the
+batch split over it, parameters replicated (data parallelism). The same code
+runs on 1 CPU, simulated CPU devices, GPUs and TPU slices."""
 
 import os
 
@@ -10,15 +10,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
-MODEL_AXIS = "model"
 
 
-def make_mesh(devices=None, model_parallelism: int = 1) -> Mesh:
-  """Mesh of shape (num_devices / model_parallelism, model_parallelism)."""
-  devices = np.asarray(jax.devices() if devices is None else devices)
-  if devices.size % model_parallelism:
-    raise ValueError(f"{devices.size} devices do not split into model axis {model_parallelism}")
-  return Mesh(devices.reshape(-1, model_parallelism), (DATA_AXIS, MODEL_AXIS))
+def make_mesh(devices=None) -> Mesh:
+  """The mesh of `devices` (default: all of them), in order, on the data axis."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices).reshape(-1),
+              (DATA_AXIS,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
