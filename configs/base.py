@@ -35,6 +35,12 @@ def get_model_config() -> ml_collections.ConfigDict:
   # token grid that the rest of the model reads).
   m.vit.layer_scale = False
   m.vit.num_registers = 0
+  # The attention's implementation, the same function and parameters in each: the
+  # ViT's own einsums, or jax.nn.dot_product_attention by XLA or by cuDNN's fused
+  # attention (GPUs, model.dtype=bfloat16), the tokens padded to a multiple of
+  # attention_pad and masked (cuDNN refuses ViT-S/16's 257 in training).
+  m.vit.attention = "einsum"  # einsum | xla | cudnn
+  m.vit.attention_pad = 64
   # Stochastic depth of the student's encoder in training (rate of the last block,
   # linear from 0 at the first). The paper gives none; DINO's ViT defaults to 0,
   # the authors' copy of it (src/model/vision_transformer.py) to 0.1.

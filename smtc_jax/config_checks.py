@@ -18,7 +18,7 @@ from smtc_jax.data import photo_videos, video_io
 from smtc_jax.data import pipeline
 from smtc_jax.data import synthetic
 from smtc_jax.evaluation import davis, discovery, evaluate, monitor, scores
-from smtc_jax.models import smtc
+from smtc_jax.models import smtc, vit
 
 # The values each string option takes (the modules branch on exactly these).
 ENCODERS = ("vit", "resnet")
@@ -152,12 +152,17 @@ def check_model(config) -> list[str]:
          *at_least(config, "model.vit.num_heads", 1), *at_least(config, "model.vit.pretrain_grid", 1),
          *_below_one(config, "model.vit.drop_path_rate"),
          *one_of(config, "model.vit.layer_scale", LAYER_SCALES),
-         *at_least(config, "model.vit.num_registers", 0)]
+         *at_least(config, "model.vit.num_registers", 0),
+         *one_of(config, "model.vit.attention", vit.ATTENTION_IMPLEMENTATIONS),
+         *at_least(config, "model.vit.attention_pad", 1)]
   if m.mask_threshold_on == "prob":
     out += within(config, "model.tau", 0.0, 1.0)
   if m.vit.num_heads >= 1 and m.vit.dim % m.vit.num_heads:
     out.append(f"model.vit.dim={m.vit.dim} is not divisible by model.vit.num_heads="
                f"{m.vit.num_heads}")
+  if m.vit.attention == "cudnn" and m.dtype != "bfloat16":
+    out.append(f"model.vit.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused "
+               f"attention takes 16-bit inputs), got {m.dtype!r}")
   if m.features == "last_keys" and m.encoder != "vit":
     out.append(f"model.features='last_keys' needs model.encoder='vit', got {m.encoder!r}")
   return out

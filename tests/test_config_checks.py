@@ -19,7 +19,8 @@ FREE_TEXT = {"data.path", "data.split", "data.tfds_name", "data.tfds_data_dir",
              "data.tfds_frames_key", "init.checkpoint", "eval.data_path", "eval.split",
              "train.logdir", "predict.input", "predict.output"}
 # What a value needs beside it to pass (the checker names that combination itself).
-NEEDS = {("model.stages", "instance"): {"loss.sem_weight": 0.0, "loss.reg_weight": 0.0}}
+NEEDS = {("model.stages", "instance"): {"loss.sem_weight": 0.0, "loss.reg_weight": 0.0},
+         ("model.vit.attention", "cudnn"): {"model.dtype": "bfloat16"}}
 
 
 def _string_fields(node, prefix=""):
@@ -201,6 +202,14 @@ def test_combinations_the_code_cannot_run_are_named():
       "model.features='last_keys' needs model.encoder='vit', got 'resnet'",
       "model.stages='instance' has no semantic masks: set loss.sem_weight and loss.reg_weight "
       "to 0"]
+
+
+def test_cudnn_attention_needs_bf16_compute():
+  config = _config()
+  config.model.vit.attention = "cudnn"
+  assert config_checks.problems(config, "train", "/tmp/w") == [
+      "model.vit.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention takes "
+      "16-bit inputs), got 'float32'"]
 
 
 def test_mode_and_workdir_requirements():

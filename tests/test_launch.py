@@ -1,9 +1,11 @@
 """The launch scripts parse, pass shellcheck, fail clearly without their
 variables, and print their plan with --dry-run."""
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -60,3 +62,46 @@ def test_missing_variables_are_named(script, needed):
   assert proc.returncode == 2
   for name in needed:
     assert f"{name} is not set" in proc.stderr
+
+
+_STUB_PYTHON = """#!{python}
+# bench_gpu.sh's interpreter: `-m smtc_jax.bench step ...` prints a JSON line of its
+# flags (10 ms a step); anything else runs in the real interpreter.
+import json, os, sys
+if sys.argv[1:2] == ["-m"]:
+  flags = sys.argv[4:]
+  dtype = "bfloat16" if "--config.model.dtype=bfloat16" in flags else "float32"
+  flops = 1e12 if "--config.model.vit.attention=xla" not in flags else 0.5e12  # not counted
+  print(json.dumps({{"flags": flags, "dtype": dtype, "step_s": 0.01, "clips_per_s": 1.0,
+                    "step_flops": flops, "achieved_flops_per_s": 1e14, "matmul_peak_f32": 4e14,
+                    "matmul_peak_bf16": 8e14, "xla_temp_bytes": 1e9, "peak_memory_bytes": 2e9,
+                    "compile_s": 1.0}}))
+else:
+  os.execv(sys.executable, [sys.executable] + sys.argv[1:])
+"""
+
+
+def test_the_attention_benchmark_runs_its_variants_and_reports_mfu(tmp_path):
+  stub = tmp_path / "python"
+  stub.write_text(_STUB_PYTHON.format(python=sys.executable))
+  stub.chmod(0o755)
+  out = tmp_path / "out"
+  proc = _run("launch/bench_gpu.sh", "--steps", "1", env={
+      "SET": "attention", "OUT": str(out), "PYTHON": str(stub), "CONFIG": "configs/tiny.py",
+      "ATTENTION": "xla", "PATH": os.environ["PATH"]})
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  rows = [json.loads(line) for line in (out / "step.jsonl").read_text().splitlines()]
+  assert [r["variant"] for r in rows] == ["bf16", "bf16_fused", "bf16_padded_xla", "bf16_frozen",
+                                          "bf16_fused_frozen"]
+  for r in rows:
+    flags = r["flags"]
+    assert flags[:2] == ["--config", "configs/tiny.py"] and r["dtype"] == "bfloat16"
+    assert flags[-6:] == ["--warmup", "2", "--steps", "5", "--steps", "1"]  # the caller's last
+    assert ("--frozen" in flags) == r["variant"].endswith("frozen")
+    attention = [f for f in flags if f.startswith("--config.model.vit.attention=")]
+    assert attention == {"bf16": [], "bf16_frozen": [], "bf16_padded_xla": [
+        "--config.model.vit.attention=xla"]}.get(r["variant"], ["--config.model.vit.attention=xla"])
+  # 1 TFLOP (the default attention's count for each) in 10 ms against the datasheet's
+  # 989 TFLOP/s bf16 peak.
+  table = proc.stdout.splitlines()
+  assert "MFU" in table[-7] and all(" 10.1% " in line for line in table[-6:-1]), proc.stdout

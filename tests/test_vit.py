@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from scipy import special, stats
 
 from smtc_jax.models import vit
@@ -167,3 +168,55 @@ def test_layer_scale_scales_each_residual_branch():
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
   expected = patches + embed["bias"] + params["pos_embed"][0, 1:].reshape(2, 2, 16)
   np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def _tiny_vit(attention, dtype=jnp.float32):
+  # 1 + 5x7 = 36 tokens, not a multiple of the pad (16): 12 padded keys to mask.
+  return vit.VisionTransformer(patch_size=4, dim=16, depth=2, num_heads=2, pretrain_grid=4,
+                               dtype=dtype, attention=attention, attention_pad=16)
+
+
+def test_padded_xla_attention_equals_the_einsum_path_forward_and_gradients():
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 20, 28, 3))
+  variables = jax.jit(_tiny_vit("einsum").init)(jax.random.PRNGKey(1), images)
+  # The same parameters (names and shapes) load under either implementation.
+  assert (jax.eval_shape(_tiny_vit("xla").init, jax.random.PRNGKey(1), images)
+          == jax.eval_shape(lambda: variables))
+
+  def loss(params, attention):
+    out = _tiny_vit(attention).apply({"params": params}, images)
+    return jnp.sum(out["tokens"] ** 2) + jnp.sum(jnp.sin(out["keys"])), out
+
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (_, want), grads_want = value_and_grad(variables["params"], "einsum")
+  (_, got), grads_got = value_and_grad(variables["params"], "xla")
+  for name in ("tokens", "keys", "prenorm_tokens", "cls"):
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads_got):
+    assert np.isfinite(np.asarray(g)).all(), path
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               grads_got, grads_want)
+  # bf16 compute runs and stays near the float32 result.
+  bf16 = jax.jit(_tiny_vit("xla", jnp.bfloat16).apply)(variables, images)["tokens"]
+  assert bf16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(bf16, np.float32), want["tokens"], atol=0.1)
+
+
+def test_padded_tokens_do_not_leak_into_the_attention():
+  q, k, v = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 3, 13, 8))  # (B, H, L, C) each
+  logits = jnp.einsum("bhlc,bhmc->bhlm", q, k) / np.sqrt(8)
+  want = jnp.einsum("bhlm,bhmc->bhlc", jax.nn.softmax(logits, axis=-1), v)
+  attention = jax.jit(lambda q, k, v, pad: vit.padded_attention(q, k, v, "xla", 8, pad))
+  for pad_value in (0.0, 1e3, -7.0):
+    got = attention(q, k, v, pad_value)  # 13 tokens padded to 16
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=str(pad_value))
+
+
+def test_cudnn_attention_off_a_gpu_is_refused_in_one_line():
+  if jax.default_backend() == "gpu":
+    pytest.skip("a GPU backend runs cuDNN's attention")
+  images = jnp.zeros((1, 20, 28, 3))
+  with pytest.raises(ValueError) as error:
+    jax.eval_shape(_tiny_vit("cudnn", jnp.bfloat16).init, jax.random.PRNGKey(0), images)
+  assert str(error.value) == "model.vit.attention='cudnn' needs a GPU backend, this one is 'cpu'"

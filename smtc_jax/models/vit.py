@@ -32,6 +32,9 @@ TORCH_BICUBIC_A = -0.75
 # factor, to avoid floating point error in PyTorch's output-size computation.
 DINO_SCALE_OFFSET = 0.1
 RNG_DROP_PATH = "drop_path"  # rng stream of stochastic depth (training mode only)
+# model.vit.attention: the ViT's own einsums and softmax | jax.nn.dot_product_attention
+# with XLA's implementation | with cuDNN's fused (flash) attention, GPUs only, bf16/fp16.
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
 
 
 def _cubic_weights(t: np.ndarray, a: float) -> np.ndarray:
@@ -124,11 +127,36 @@ def gelu(x):
   return 0.5 * x * (1.0 + jax.lax.erf(x * (2.0 ** -0.5)))
 
 
+def padded_attention(q, k, v, implementation: str, multiple: int, pad_value: float = 0.0):
+  """softmax(q k^T / sqrt(C)) v by jax.nn.dot_product_attention on (B, H, L, C) inputs,
+  the tokens padded with `pad_value` up to a multiple of `multiple` and the true
+  length L passed as the query and key/value lengths: padded keys are masked out
+  and padded query rows dropped, so the result is the unpadded attention's."""
+  b, _, l, _ = q.shape
+  padded = -(-l // multiple) * multiple
+
+  def tokens_major(t):  # (B, H, L, C) -> (B, L_padded, H, C), dot_product_attention's layout
+    t = t.transpose(0, 2, 1, 3)
+    return jnp.pad(t, ((0, 0), (0, padded - l), (0, 0), (0, 0)), constant_values=pad_value)
+
+  lengths = jnp.full((b,), l, jnp.int32)
+  out = jax.nn.dot_product_attention(
+      tokens_major(q), tokens_major(k), tokens_major(v), query_seq_lengths=lengths,
+      key_value_seq_lengths=lengths, implementation=implementation)
+  return out[:, :l].transpose(0, 2, 1, 3)
+
+
 class Attention(nn.Module):
-  """Multi-head self-attention; also returns the keys, heads concatenated."""
+  """Multi-head self-attention; also returns the keys, heads concatenated.
+  `attention` picks the implementation (ATTENTION_IMPLEMENTATIONS): "einsum" is
+  the module's own; "xla" and "cudnn" call jax.nn.dot_product_attention with the
+  tokens padded to a multiple of `attention_pad` and masked (`padded_attention`).
+  All three hold the same parameters."""
   num_heads: int
   qkv_bias: bool = True
   dtype: Any = jnp.float32
+  attention: str = "einsum"
+  attention_pad: int = 64
 
   @nn.compact
   def __call__(self, x):
@@ -137,12 +165,21 @@ class Attention(nn.Module):
     head_dim = d // self.num_heads
     q, k, v = HeadSplitDense(3 * d, 3, self.num_heads, self.qkv_bias, self.dtype,
                              name="qkv")(x)  # each (B, H, L, C)
-    logits = jnp.einsum("bhlc,bhmc->bhlm", q * head_dim**-0.5, k).astype(jnp.float32)
-    # Softmax with the normalisation after the value matmul: the same function as
-    # jax.nn.softmax (the max shift cancels), with a cheaper backward pass.
-    weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
-    out = jnp.einsum("bhlm,bhmc->bhlc", weights.astype(self.dtype), v)
-    out = out / jnp.sum(weights, axis=-1)[..., None].astype(self.dtype)  # (B, H, L, C)
+    if self.attention == "einsum":
+      logits = jnp.einsum("bhlc,bhmc->bhlm", q * head_dim**-0.5, k).astype(jnp.float32)
+      # Softmax with the normalisation after the value matmul: the same function as
+      # jax.nn.softmax (the max shift cancels), with a cheaper backward pass.
+      weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+      out = jnp.einsum("bhlm,bhmc->bhlc", weights.astype(self.dtype), v)
+      out = out / jnp.sum(weights, axis=-1)[..., None].astype(self.dtype)  # (B, H, L, C)
+    elif self.attention in ("xla", "cudnn"):
+      if self.attention == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(f"model.vit.attention='cudnn' needs a GPU backend, "
+                         f"this one is {jax.default_backend()!r}")
+      out = padded_attention(q, k, v, self.attention, self.attention_pad)
+    else:
+      raise ValueError(f"model.vit.attention={self.attention!r} is not one of "
+                       f"{', '.join(repr(a) for a in ATTENTION_IMPLEMENTATIONS)}")
     keys = k.transpose(0, 2, 1, 3).reshape(b, l, d)
     return HeadMergeDense(d, self.dtype, name="proj")(out), keys
 
@@ -192,6 +229,8 @@ class Block(nn.Module):
   deterministic: bool = True
   dtype: Any = jnp.float32
   layer_scale: bool = False
+  attention: str = "einsum"
+  attention_pad: int = 64
 
   def branch(self, y, scale_name: str):
     """A residual branch, scaled by LayerScale `scale_name` if the block has it,
@@ -205,7 +244,8 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x):
     norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_eps, dtype=self.dtype)
-    y, keys = Attention(self.num_heads, self.qkv_bias, self.dtype, name="attn")(norm(name="norm1")(x))
+    y, keys = Attention(self.num_heads, self.qkv_bias, self.dtype, self.attention,
+                        self.attention_pad, name="attn")(norm(name="norm1")(x))
     x = x + self.branch(y, "ls1")
     hidden = int(x.shape[-1] * self.mlp_ratio)
     x = x + self.branch(Mlp(hidden, self.dtype, name="mlp")(norm(name="norm2")(x)), "ls2")
@@ -220,7 +260,8 @@ class VisionTransformer(nn.Module):
   With `train`, block i drops its residual branches with probability
   drop_path_rate * i / (depth - 1) (DINO's stochastic depth decay rule; rng
   stream 'drop_path'). DINOv2's ViTs set `layer_scale` and, with registers,
-  `num_registers` (see the module doc)."""
+  `num_registers` (see the module doc). `attention` and `attention_pad` pick the
+  attention's implementation (Attention), not its function or parameters."""
   patch_size: int = 16
   dim: int = 384
   depth: int = 12
@@ -234,6 +275,8 @@ class VisionTransformer(nn.Module):
   dtype: Any = jnp.float32
   layer_scale: bool = False
   num_registers: int = 0
+  attention: str = "einsum"
+  attention_pad: int = 64
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -264,6 +307,7 @@ class VisionTransformer(nn.Module):
     for i in range(self.depth):
       x, keys = block_cls(self.num_heads, self.mlp_ratio, self.qkv_bias, self.layer_norm_eps,
                           float(rates[i]), not train, self.dtype, layer_scale=self.layer_scale,
+                          attention=self.attention, attention_pad=self.attention_pad,
                           name=f"blocks_{i}")(x)
     prenorm = x
     x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
