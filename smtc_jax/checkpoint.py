@@ -380,6 +380,9 @@ def _put_like(old, new):
   return jax.tree.map(lambda o, n: jax.device_put(np.asarray(n, o.dtype), o.sharding), old, new)
 
 
+INIT_SCOPES = ("encoder", "all")  # init.scope
+
+
 def load_init_params(state, directory: str, scope: str):
   """Replace the student's and teacher's parameters in `scope` ('encoder' or
   'all') by those of a params checkpoint."""

@@ -13,39 +13,19 @@ import os
 
 import ml_collections
 
-from smtc_jax import matching, predict
+from smtc_jax import checkpoint, losses, matching, predict
 from smtc_jax.data import photo_videos, video_io
 from smtc_jax.data import pipeline
+from smtc_jax.data import sources
 from smtc_jax.data import synthetic
-from smtc_jax.evaluation import davis, discovery, evaluate, monitor, scores
-from smtc_jax.models import smtc, vit
+from smtc_jax.evaluation import davis, discovery, evaluate, monitor, readers, scores
+from smtc_jax.models import resnet, slot_attention, smtc, vit
+from smtc_jax.training import state as state_lib
 
-# The values each string option takes (the modules branch on exactly these).
-ENCODERS = ("vit", "resnet")
-LAYER_SCALES = (False, True)  # model.vit.layer_scale: DINO's ViT | DINOv2's
-FEATURES = ("tokens", "last_keys")
-PROP_FEATURES = tuple(smtc.FEATURES)
-HUE_SPACES = tuple(sorted(pipeline.HUE_ROTATIONS))
-CORR_PARTNERS = ("random", "previous")
-FUSIONS = ("paper", "reference")
-SLOT_INPUTS = ("fused", "rgb", "correlation")
-CORRELATIONS = ("global", "local")
-SLOT_UPDATES = ("gru", "residual")
-MASK_THRESHOLDS = ("prob", "logit")
-STAGES = ("both", "semantic", "instance")
-SAMPLE_GRADS = ("reparam", "none")
-DTYPES = ("float32", "bfloat16")
-RESNET_STAGES = ("res2", "res3", "res4", "res5")
-SINKHORN_MARGINALS = ("uniform", "feature_norm")
-INSTANCE_FORMS = ("l2_margin", "cosine")
-TEACHER_CENTRE_GATES = ("latch", "step")
-DATA_SOURCES = ("frames", "tfds", "synthetic")
-LAYOUTS = ("davis", "youtube_vos")
-EMA_SCOPES = ("all", "non_encoder")
-INIT_SCOPES = ("encoder", "all")
-MATCHINGS = ("video", "frame")
-EVAL_PARAMS = ("params", "ema_params")
-JHMDB_SPLITS = ("train", "val", "test")
+# The values of the options the evaluation reads (each other option's values
+# are declared beside the code that reads it).
+MATCHINGS = ("video", "frame")  # eval.unsupervised_matching
+EVAL_PARAMS = ("params", "ema_params")  # eval.params
 
 
 class ConfigError(ValueError):
@@ -134,16 +114,19 @@ def _ordered_pair(config, field: str, low, high) -> list[str]:
 def check_model(config) -> list[str]:
   """Encoder, fusion and slot-attention options (Sec. 3.1-3.3)."""
   m = config.model
-  out = [*one_of(config, "model.encoder", ENCODERS), *one_of(config, "model.features", FEATURES),
-         *one_of(config, "model.corr_partner", CORR_PARTNERS),
-         *one_of(config, "model.correlation", CORRELATIONS),
+  out = [*one_of(config, "model.encoder", smtc.ENCODERS),
+         *one_of(config, "model.features", smtc.SLOT_FEATURES),
+         *one_of(config, "model.corr_partner", smtc.CORR_PARTNERS),
+         *one_of(config, "model.correlation", smtc.CORRELATIONS),
          *at_least(config, "model.corr_radius", 1), *above(config, "model.corr_temperature", 0.0),
-         *one_of(config, "model.fusion", FUSIONS), *one_of(config, "model.slot_input", SLOT_INPUTS),
-         *one_of(config, "model.slot_update", SLOT_UPDATES),
-         *one_of(config, "model.mask_threshold_on", MASK_THRESHOLDS),
-         *one_of(config, "model.stages", STAGES), *one_of(config, "model.sample_grad", SAMPLE_GRADS),
-         *one_of(config, "model.dtype", DTYPES),
-         *one_of(config, "model.resnet.feature_stage", RESNET_STAGES),
+         *one_of(config, "model.fusion", smtc.FUSIONS),
+         *one_of(config, "model.slot_input", smtc.SLOT_INPUTS),
+         *one_of(config, "model.slot_update", slot_attention.SLOT_UPDATES),
+         *one_of(config, "model.mask_threshold_on", slot_attention.MASK_THRESHOLDS),
+         *one_of(config, "model.stages", slot_attention.STAGES),
+         *one_of(config, "model.sample_grad", slot_attention.SAMPLE_GRADS),
+         *one_of(config, "model.dtype", smtc.DTYPES),
+         *one_of(config, "model.resnet.feature_stage", resnet.FEATURE_STAGES),
          *at_least(config, "model.num_semantics", 1),
          *within(config, "model.num_instances", 1, matching.MAX_SIZE),
          *at_least(config, "model.num_iterations", 1), *at_least(config, "model.mlp_min_hidden", 1),
@@ -151,7 +134,7 @@ def check_model(config) -> list[str]:
          *at_least(config, "model.vit.patch_size", 1), *at_least(config, "model.vit.depth", 1),
          *at_least(config, "model.vit.num_heads", 1), *at_least(config, "model.vit.pretrain_grid", 1),
          *_below_one(config, "model.vit.drop_path_rate"),
-         *one_of(config, "model.vit.layer_scale", LAYER_SCALES),
+         *one_of(config, "model.vit.layer_scale", vit.LAYER_SCALES),
          *at_least(config, "model.vit.num_registers", 0),
          *one_of(config, "model.vit.attention", vit.ATTENTION_IMPLEMENTATIONS),
          *at_least(config, "model.vit.attention_pad", 1)]
@@ -170,8 +153,8 @@ def check_model(config) -> list[str]:
 
 def check_loss(config) -> list[str]:
   """The objectives of Sec. 3.4 (eq. 8-13)."""
-  out = [*one_of(config, "loss.sinkhorn_marginals", SINKHORN_MARGINALS),
-         *one_of(config, "loss.instance_form", INSTANCE_FORMS),
+  out = [*one_of(config, "loss.sinkhorn_marginals", losses.SINKHORN_MARGINALS),
+         *one_of(config, "loss.instance_form", losses.INSTANCE_FORMS),
          *at_least(config, "loss.sem_weight", 0.0), *at_least(config, "loss.reg_weight", 0.0),
          *at_least(config, "loss.obj_weight", 0.0), *above(config, "loss.sinkhorn_epsilon", 0.0),
          *at_least(config, "loss.sinkhorn_iters", 1), *at_least(config, "loss.cycle_weight", 0.0),
@@ -179,7 +162,7 @@ def check_loss(config) -> list[str]:
          *above(config, "loss.teacher_temperature", 0.0),
          *at_least(config, "loss.teacher_centre_steps", 0),
          *within(config, "loss.teacher_centre_share", 0.0, 1.0),
-         *one_of(config, "loss.teacher_centre_gate", TEACHER_CENTRE_GATES),
+         *one_of(config, "loss.teacher_centre_gate", losses.TEACHER_CENTRE_GATES),
          *within(config, "loss.valid_mask_tau", 0.0, 1.0), *within(config, "loss.tau1", 0.0, 1.0),
          *within(config, "loss.tau2", -1.0, 1.0), *at_least(config, "loss.margin", 0.0),
          *above(config, "loss.eps", 0.0)]
@@ -194,7 +177,8 @@ def check_data(config, mode: str) -> list[str]:
   """Where the videos come from, clip sampling and augmentation; the training
   videos themselves are required in train mode only."""
   d = config.data
-  out = [*one_of(config, "data.source", DATA_SOURCES), *one_of(config, "data.layout", LAYOUTS),
+  out = [*one_of(config, "data.source", pipeline.SOURCES),
+         *one_of(config, "data.layout", sources.LAYOUTS),
          *at_least(config, "data.num_frames", 1), *at_least(config, "data.gap", 1),
          *one_of(config, "data.clip_sampling", pipeline.CLIP_SAMPLINGS),
          *_values(config, "data.mean", "R, G, B", 3, 0.0, 1.0),
@@ -211,7 +195,7 @@ def check_data(config, mode: str) -> list[str]:
          *_values(config, "data.augment.jitter", "brightness, contrast, saturation, hue", 4,
                   0.0, 1.0),
          *within(config, "data.augment.blur_kernel_frac", 0.0, 1.0),
-         *one_of(config, "data.augment.hue_space", HUE_SPACES),
+         *one_of(config, "data.augment.hue_space", tuple(sorted(pipeline.HUE_ROTATIONS))),
          *at_least(config, "data.synthetic.num_train", 1),
          *at_least(config, "data.synthetic.num_val", 0), *at_least(config, "data.synthetic.size", 1),
          *at_least(config, "data.synthetic.max_objects", 1),
@@ -260,7 +244,8 @@ def check_optim(config) -> list[str]:
 def check_train(config) -> list[str]:
   """The loop: length, EMA, logging and checkpoints."""
   return [*at_least(config, "train.num_steps", 1), *within(config, "train.ema_momentum", 0.0, 1.0),
-          *one_of(config, "train.ema_scope", EMA_SCOPES), *at_least(config, "train.log_every", 1),
+          *one_of(config, "train.ema_scope", state_lib.EMA_SCOPES),
+          *at_least(config, "train.log_every", 1),
           *at_least(config, "train.checkpoint_every", 1),
           *at_least(config, "train.keep_checkpoints", 1), *at_least(config, "train.microbatch", 0),
           *at_least(config, "train.eval_every", 0), *at_least(config, "train.eval_videos", 1),
@@ -301,7 +286,7 @@ def check_init(config, mode: str) -> list[str]:
   """Initial weights: a params checkpoint that must exist (when local) where it
   is read, in training; evaluation and export read the workdir's weights."""
   i = config.init
-  out = one_of(config, "init.scope", INIT_SCOPES)
+  out = one_of(config, "init.scope", checkpoint.INIT_SCOPES)
   reads = mode in ("train", "pretrain")
   if reads and i.checkpoint and "://" not in i.checkpoint and not os.path.isdir(i.checkpoint):
     out.append(f"init.checkpoint={i.checkpoint!r} is not a folder")
@@ -324,7 +309,8 @@ def check_eval(config, mode: str) -> list[str]:
          *within(config, "eval.track_merge_share", 0.0, 1.0),
          *at_least(config, "eval.track_merge_min_frames", 1),
          *within(config, "eval.track_gap_radius", 0.0, 0.5),
-         *one_of(config, "eval.prop_features", PROP_FEATURES), *at_least(config, "eval.max_videos", 0),
+         *one_of(config, "eval.prop_features", tuple(smtc.FEATURES)),
+         *at_least(config, "eval.max_videos", 0),
          *at_least(config, "eval.prop_video_len", 1),
          *above(config, "eval.prop_radius", 0.0), *at_least(config, "eval.prop_topk", 1),
          *above(config, "eval.prop_temperature", 0.0),
@@ -340,7 +326,7 @@ def check_eval(config, mode: str) -> list[str]:
                f"per frame; model.num_semantics x model.num_instances = {slots}")
   out += _discovery_size(config, "eval.discovery_resolution", "the training size")
   if e.benchmark == "jhmdb":
-    out += one_of(config, "eval.split", JHMDB_SPLITS)
+    out += one_of(config, "eval.split", readers.JHMDB_SPLITS)
   watched = (mode == "train" and config.train.eval_every and monitor.watched_tasks(e.benchmark))
   if (mode == "eval" or watched) and e.benchmark in evaluate.TASKS and e.benchmark != "synthetic":
     if not e.data_path:

@@ -51,16 +51,17 @@ def sinkhorn_plan(cost, a, b, *, epsilon: float, num_iters: int):
   return jax.lax.stop_gradient(solver(problem).matrix.T)
 
 
+SINKHORN_MARGINALS = ("uniform", "feature_norm")  # loss.sinkhorn_marginals
+
+
 def _marginals(features, mode: str):
   """Sinkhorn marginals for tokens (..., L, D): uniform (eq. 8) or the L1 norms
   of the L2-normalised tokens, normalised to sum 1 (authors' code)."""
   if mode == "uniform":
     shape = features.shape[:-1]
     return jnp.full(shape, 1.0 / shape[-1], jnp.float32)
-  if mode == "feature_norm":
-    mass = jnp.abs(l2_normalize(features)).sum(-1)
-    return mass / mass.sum(-1, keepdims=True)
-  raise ValueError(f"loss.sinkhorn_marginals must be 'uniform' or 'feature_norm', got {mode!r}")
+  mass = jnp.abs(l2_normalize(features)).sum(-1)  # feature_norm
+  return mass / mass.sum(-1, keepdims=True)
 
 
 def semantic_statistics(teacher):
@@ -68,6 +69,9 @@ def semantic_statistics(teacher):
   two (N,) of a teacher output's (B, T, N, L) semantic_logits and _masks."""
   mean = lambda x: jnp.mean(x, axis=(0, 1, 3))
   return mean(teacher["semantic_logits"]), mean(teacher["semantic_masks"])
+
+
+TEACHER_CENTRE_GATES = ("latch", "step")  # loss.teacher_centre_gate
 
 
 def teacher_centre(statistics, step, *, steps: int, share: float, gate: str = "latch",
@@ -82,8 +86,6 @@ def teacher_centre(statistics, step, *, steps: int, share: float, gate: str = "l
   collapsed = jnp.max(masks) > share
   if gate == "latch":
     collapsed = collapsed | fired
-  elif gate != "step":
-    raise ValueError(f"loss.teacher_centre_gate must be 'latch' or 'step', got {gate!r}")
   on = (step < steps) & collapsed
   return jnp.where(on, mean, 0.0), on.astype(jnp.float32)
 
@@ -173,6 +175,9 @@ def valid_pair_count(valid, same_frame_pairs: bool):
   return jnp.sum(valid[:, first])
 
 
+INSTANCE_FORMS = ("l2_margin", "cosine")  # loss.instance_form
+
+
 def object_consistency_loss(objects, teacher_objects, valid, teacher_valid, *,
                             form: str, margin: float, cosine_margin: float,
                             same_frame_pairs: bool, count=None):
@@ -207,12 +212,10 @@ def object_consistency_loss(objects, teacher_objects, valid, teacher_valid, *,
     pull = jnp.sum(positive * distance, -1)
     push = jnp.sum(negative * jax.nn.relu(margin - distance), -1)
     per_instance = valid_match * pull + push
-  elif form == "cosine":
+  else:  # cosine
     pull = -jnp.sum(positive * similarity, -1)
     push = jnp.sum(negative * jax.nn.relu(similarity - cosine_margin), -1) / max(p - 1, 1)
     per_instance = push + valid_match * pull
-  else:
-    raise ValueError(f"loss.instance_form must be 'l2_margin' or 'cosine', got {form!r}")
   if count is None:
     count = valid_pair_count(valid, same_frame_pairs)
   return jnp.sum(valid_s * per_instance) / jnp.maximum(count, 1.0)
@@ -287,9 +290,6 @@ def smtc_loss(student, teacher, config: ml_collections.ConfigDict, *,
   l, m = config.loss, config.model
   has_semantics = m.stages != "instance"
   zero = jnp.zeros((), jnp.float32)
-  if not has_semantics and (l.sem_weight or l.reg_weight):
-    raise ValueError("model.stages='instance' has no semantic masks: set loss.sem_weight "
-                     "and loss.reg_weight to 0")
   centre, centred = None, zero
   if l.sem_weight and l.teacher_centre_steps and step is not None:
     if teacher_statistics is None:

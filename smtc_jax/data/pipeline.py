@@ -29,6 +29,7 @@ from smtc_jax.data import synthetic
 
 
 CLIP_SAMPLINGS = ("epoch", "reference")  # data.clip_sampling
+SOURCES = ("frames", "tfds", "synthetic")  # data.source (make_source)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,9 @@ class VideoFolderLayout:
   list_file: str | None  # video names, one per line; None = every folder
 
 
+LAYOUTS = ("davis", "youtube_vos")  # data.layout
+
+
 def layout_for(name: str, split: str) -> VideoFolderLayout:
   """DAVIS: JPEGImages/480p/<video> listed in ImageSets/2017/<split>.txt.
   YouTube-VOS: <split>/JPEGImages/<video>, every folder."""

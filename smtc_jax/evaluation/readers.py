@@ -31,6 +31,7 @@ from smtc_jax.evaluation import davis
 
 VOID_LABEL = davis.VOID_LABEL
 JHMDB_SPLIT = 1  # the split CRW (and SMTC after it) evaluates on
+JHMDB_SPLITS = ("train", "val", "test")  # eval.split with eval.benchmark='jhmdb'
 VIP_NUM_CLASSES = 20  # background + 19 human parts
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 STAGE_BLOCKS = (3, 4, 6, 3)
+FEATURE_STAGES = ("res2", "res3", "res4", "res5")  # model.resnet.feature_stage
 STAGE_WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4
 

@@ -52,6 +52,12 @@ def attend(queries, keys, values, eps, mask=None):
   return logits, updates
 
 
+SLOT_UPDATES = ("gru", "residual")  # model.slot_update
+MASK_THRESHOLDS = ("prob", "logit")  # model.mask_threshold_on
+STAGES = ("both", "semantic", "instance")  # model.stages
+SAMPLE_GRADS = ("reparam", "none")  # model.sample_grad
+
+
 def binarize_semantic_masks(semantic_logits, threshold_on: str, tau: float):
   """M-tilde of eq. 7 from stage-1 logits (B, N, L): softmax-over-N > tau (paper)
   or logit > tau (code). No gradient flows through a hard threshold."""
@@ -87,11 +93,11 @@ class SemanticAwareSlotAttention(nn.Module):
   dtype: Any = jnp.float32
 
   def setup_checks(self):
-    if self.slot_update not in ("gru", "residual"):
+    if self.slot_update not in SLOT_UPDATES:
       raise ValueError(f"model.slot_update must be 'gru' or 'residual', got {self.slot_update!r}")
-    if self.stages not in ("both", "semantic", "instance"):
+    if self.stages not in STAGES:
       raise ValueError(f"model.stages must be 'both', 'semantic' or 'instance', got {self.stages!r}")
-    if self.sample_grad not in ("reparam", "none"):
+    if self.sample_grad not in SAMPLE_GRADS:
       raise ValueError(f"model.sample_grad must be 'reparam' or 'none', got {self.sample_grad!r}")
 
   @nn.compact

@@ -36,6 +36,13 @@ RNG_DROP_PATH = vit.RNG_DROP_PATH  # rng stream of the encoder's stochastic dept
 # output tokens F_t (paper), the last block's keys (code's slot-attention input),
 # the last block's output before the final LayerNorm (code's label propagation).
 FEATURES = {"tokens": "tokens", "last_keys": "keys", "prenorm_tokens": "prenorm_tokens"}
+SLOT_FEATURES = ("tokens", "last_keys")  # model.features: the FEATURES slot attention reads
+ENCODERS = ("vit", "resnet")  # model.encoder
+DTYPES = ("float32", "bfloat16")  # model.dtype, the compute dtype
+CORR_PARTNERS = ("random", "previous")  # model.corr_partner
+CORRELATIONS = ("global", "local")  # model.correlation
+FUSIONS = ("paper", "reference")  # model.fusion
+SLOT_INPUTS = ("fused", "rgb", "correlation")  # model.slot_input
 
 
 def partner_indices(rng, batch: int, num_frames: int, mode: str):

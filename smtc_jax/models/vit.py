@@ -252,6 +252,9 @@ class Block(nn.Module):
     return x, keys
 
 
+LAYER_SCALES = (False, True)  # model.vit.layer_scale: DINO's ViT | DINOv2's
+
+
 class VisionTransformer(nn.Module):
   """DINO-layout ViT. Input (B, H, W, 3) normalised images, H and W multiples of
   the patch size. Returns {'tokens', 'keys', 'prenorm_tokens': (B, h, w, D),

@@ -108,8 +108,6 @@ def ema_update(ema_params, params, momentum: float, scope: str):
   """teacher <- m * teacher + (1 - m) * student (eq. 14) over `scope`: all
   parameters (paper) or all but the encoder (code: the teacher's encoder stays
   at its initial weights)."""
-  if scope not in EMA_SCOPES:
-    raise ValueError(f"train.ema_scope must be 'all' or 'non_encoder', got {scope!r}")
   updated = optax.incremental_update(params, ema_params, step_size=1.0 - momentum)
   if scope == "non_encoder":
     updated = {**updated, ENCODER: ema_params[ENCODER]}
