@@ -378,8 +378,8 @@ def get_eval_config() -> ml_collections.ConfigDict:
   # candidates, no background rule, the slots' ids; predictor.PAPER_INFERENCE) from
   # the same forward passes: a row 'trained**' beside ours, where ours differs.
   e.paper_inference = True
-  # Keep the untrained model's per-video scores in $XDG_CACHE_HOME/smtc_jax/untrained
-  # (~/.cache/...) and reuse them in later evaluations that share everything they
+  # Keep the untrained model's per-video scores in $SMTC_JAX_CACHE/untrained (default
+  # ~/.cache/smtc_jax/untrained) and reuse them in later evaluations that share everything they
   # depend on (model, inference and eval fields, seed, the video, the code, JAX):
   # one model's forward passes instead of two (evaluation/score_cache.py).
   e.reuse_untrained = True

@@ -50,10 +50,11 @@ def pytest_configure(config):
 
 
 @pytest.fixture(autouse=True)
-def own_user_cache(tmp_path_factory, monkeypatch):
-  """Each test (and each job it starts) has its own $XDG_CACHE_HOME: evaluations
-  keep the untrained model's scores there (eval.reuse_untrained)."""
-  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+def own_package_cache(tmp_path_factory, monkeypatch):
+  """Each test (and each job it starts) has its own package cache folder:
+  evaluations keep the untrained model's scores there (eval.reuse_untrained)."""
+  from smtc_jax.evaluation import score_cache  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv(score_cache.CACHE_ENV, str(tmp_path_factory.mktemp("smtc_jax_cache")))
 
 
 def pytest_unconfigure(config):

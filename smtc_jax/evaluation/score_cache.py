@@ -7,7 +7,8 @@ them once halves the model's forward passes of every later evaluation. An entry
 is keyed by everything the scores depend on: the fields that build and run the
 model and its inference, the seed, the video's content, this package's source
 and the JAX/XLA build; anything else changed means a new entry, never a stale one.
-Entries live in $XDG_CACHE_HOME/smtc_jax/untrained (~/.cache/smtc_jax/untrained).
+Entries live in $SMTC_JAX_CACHE/untrained, by default $XDG_CACHE_HOME/smtc_jax/untrained
+(~/.cache/smtc_jax/untrained).
 """
 
 import hashlib
@@ -20,7 +21,7 @@ import jaxlib
 import ml_collections
 import numpy as np
 
-CACHE_SUBDIR = os.path.join("smtc_jax", "untrained")
+CACHE_ENV = "SMTC_JAX_CACHE"  # this package's cache folder, if not the user's default
 # Fields that do not change the untrained model's scores: training, its weights'
 # choice, what is drawn or printed, and how many videos (each is its own entry).
 IGNORED = ("train", "optim", "pretrain", "predict", "init", "eval.params", "eval.overlays",
@@ -29,8 +30,10 @@ _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cache_root() -> str:
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, CACHE_SUBDIR)
+  package = os.environ.get(CACHE_ENV) or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+      "smtc_jax")
+  return os.path.join(package, "untrained")
 
 
 def source_digest() -> str:
