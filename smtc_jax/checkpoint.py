@@ -2,7 +2,6 @@
 from the latest, the weights alone (export, evaluation), and init from a params
 checkpoint (an export, or a converted PyTorch model)."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -26,9 +25,6 @@ UNREADABLE = "unreadable"  # suffix of a checkpoint folder set aside: <step>.unr
 # Where Orbax moves an old checkpoint (an atomic rename) before it is removed:
 # a kill during the removal leaves no part of a step under its step's name.
 DELETING = "deleting"
-# TrainState fields added after checkpoints were first written: a checkpoint
-# without one restores with the field's initial value (the state passed in).
-LATER_STATE_FIELDS = ("teacher_centre_fired",)
 
 
 def is_remote(path: str) -> bool:
@@ -193,11 +189,6 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, state, data_iter):
   """(state, data_iter) of one checkpoint step; raises whatever its files raise."""
   logging.info("restoring %s step %d", manager.directory, step)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  missing = _later_fields_missing(manager, step, state)
-  if missing:
-    logging.info("checkpoint step %d predates %s: initial values", step, ", ".join(missing))
-    abstract = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)
-                if f.name not in missing}
   items = {"state": ocp.args.StandardRestore(abstract)}
   data_file = _data_state_file(manager, step)
   same_layout = data_iter is not None and data_file.exists()
@@ -207,23 +198,7 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, state, data_iter):
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   if data_iter is not None and not same_layout:
     _position_iterator(data_iter, step, data_file)
-  restored_state = restored["state"]
-  if missing:
-    restored_state = state.replace(**restored_state)
-  return restored_state, restored.get("data", data_iter)
-
-
-def _later_fields_missing(manager: ocp.CheckpointManager, step: int, state) -> list[str]:
-  """The LATER_STATE_FIELDS of `state` that checkpoint `step` was written without."""
-  later = [name for name in LATER_STATE_FIELDS if hasattr(state, name)]
-  if not later:
-    return []
-  path = ocp.step.standard_name_format().find_step(manager.directory, step).path / "state"
-  try:
-    saved = ocp.StandardCheckpointHandler().metadata(path)  # the saved tree, from its files
-  except Exception:  # pylint: disable=broad-except  # damaged: the restore itself says how
-    return []
-  return [name for name in later if saved is not None and name not in saved]
+  return restored["state"], restored.get("data", data_iter)
 
 
 def _check_json(path) -> None:

@@ -1,5 +1,4 @@
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -92,18 +91,6 @@ def test_lit_set_holds_the_flat_sets_scenes_under_a_drifting_light(tmp_path):
   flat_range = np.ptp(background_brightness(flat))
   lit_range = np.ptp(background_brightness(lit))
   assert lit_range > 3 * flat_range and lit_range > 10
-
-
-def test_a_set_written_before_the_light_existed_still_counts_as_flat(tmp_path):
-  root = synthetic.ensure_synthetic_davis(str(tmp_path / "s"), SMALL)
-  marker = os.path.join(root, synthetic.COMPLETE_MARKER)
-  with open(marker) as f:
-    recorded = json.load(f)
-  with open(marker, "w") as f:  # what an older version wrote
-    json.dump({k: v for k, v in recorded.items() if k not in synthetic.FLAT_LIGHT}, f)
-  assert synthetic.ensure_synthetic_davis(root, SMALL) == root
-  with pytest.raises(ValueError, match="another spec"):
-    synthetic.ensure_synthetic_davis(root, dataclasses.replace(SMALL, lighting=0.3))
 
 
 def test_clip_indices_use_the_stride_and_shrink_it_for_short_videos():

@@ -39,8 +39,6 @@ UNSUPERVISED_DIR = os.path.join("Annotations_unsupervised", "480p")
 CATEGORY_DIR = "Categories"
 IMAGESET_DIR = os.path.join("ImageSets", "2017")
 COMPLETE_MARKER = "SYNTHETIC_COMPLETE.json"
-# Sets written before the light and the photo kinds existed recorded no such fields.
-FLAT_LIGHT = {"lighting": 0.0, "noise": 0.0, "kind": "shapes"}
 KINDS = ("shapes",) + photo_videos.KINDS
 PHOTO_JPEG_QUALITY = 80  # the photo kinds' frames carry JPEG's blocking, as footage does
 SPEED = (0.6, 2.2)  # an object's velocity, pixels a frame along each axis
@@ -192,7 +190,7 @@ def ensure_synthetic_davis(root: str, spec: SyntheticSpec = SyntheticSpec()) -> 
   wanted = dataclasses.asdict(spec)
   if os.path.exists(marker):
     with open(marker) as f:
-      if {**FLAT_LIGHT, **json.load(f)} == wanted:
+      if json.load(f) == wanted:
         return root
     raise ValueError(f"{root} holds a synthetic set with another spec ({marker}); "
                      f"remove it or choose another data dir")
