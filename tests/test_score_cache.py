@@ -98,3 +98,14 @@ def test_a_second_evaluation_reuses_the_untrained_scores(tmp_path, monkeypatch, 
   calls.clear()
   evaluate.evaluate(config, workdir)
   assert len(calls) == 4
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_the_reuse_not_the_evaluation(tmp_path):
+  blocked = tmp_path / "a_file"
+  blocked.write_text("")
+  video = type("Video", (), {"name": "v", "frames": np.zeros((1, 2, 2, 3), np.uint8),
+                             "annotated": None, "labels": None, "unsupervised_labels": None,
+                             "keypoints": None})()
+  cache = score_cache.ScoreCache(tiny.get_config(), root=str(blocked))
+  cache.put(video, {"iou": 0.5})  # warns instead of raising
+  assert cache.get(video) is None

@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 
+from absl import logging
 import jax
 import jaxlib
 import ml_collections
@@ -126,8 +127,12 @@ class ScoreCache:
     return unflatten(arrays)
 
   def put(self, video, values: dict) -> None:
-    """Written to a temporary file and renamed: a killed write leaves no entry."""
-    os.makedirs(self.folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".npz", delete=False) as f:
-      np.savez(f, __video__=np.asarray(video_digest(video)), **flatten(values))
-    os.replace(f.name, self._path(video))
+    """Written to a temporary file and renamed: a killed write leaves no entry.
+    A folder that cannot be written costs the reuse, not the evaluation: a warning."""
+    try:
+      os.makedirs(self.folder, exist_ok=True)
+      with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".npz", delete=False) as f:
+        np.savez(f, __video__=np.asarray(video_digest(video)), **flatten(values))
+      os.replace(f.name, self._path(video))
+    except OSError as e:
+      logging.warning("untrained scores of %s not kept in %s: %s", video.name, self.folder, e)
