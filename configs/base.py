@@ -41,6 +41,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   # attention_pad and masked (cuDNN refuses ViT-S/16's 257 in training).
   m.vit.attention = "einsum"  # einsum | xla | cudnn
   m.vit.attention_pad = 64
+  # The einsum attention over this many query rows at a time when the tokens are
+  # more (inference sizes; the same rows, a cache-sized working set); 0: all at once.
+  m.vit.attention_block = 1024
   # Stochastic depth of the student's encoder in training (rate of the last block,
   # linear from 0 at the first). The paper gives none; DINO's ViT defaults to 0,
   # the authors' copy of it (src/model/vision_transformer.py) to 0.1.

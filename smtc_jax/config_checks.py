@@ -137,7 +137,8 @@ def check_model(config) -> list[str]:
          *one_of(config, "model.vit.layer_scale", vit.LAYER_SCALES),
          *at_least(config, "model.vit.num_registers", 0),
          *one_of(config, "model.vit.attention", vit.ATTENTION_IMPLEMENTATIONS),
-         *at_least(config, "model.vit.attention_pad", 1)]
+         *at_least(config, "model.vit.attention_pad", 1),
+         *at_least(config, "model.vit.attention_block", 0)]
   if m.mask_threshold_on == "prob":
     out += within(config, "model.tau", 0.0, 1.0)
   if m.vit.num_heads >= 1 and m.vit.dim % m.vit.num_heads:

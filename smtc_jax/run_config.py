@@ -14,10 +14,12 @@ import os
 
 import ml_collections
 
+# How the ViT's attention is computed (the same function on any backend).
+ATTENTION_FIELDS = ("model.vit.attention", "model.vit.attention_pad", "model.vit.attention_block")
 # Model fields that change how weights are trained or stored, not what they
 # compute: ignored when weights are evaluated or exported.
 INFERENCE_FREE = ("model.dtype", "model.remat", "model.sample_grad", "model.detach_trick",
-                  "model.vit.drop_path_rate")
+                  "model.vit.drop_path_rate", *ATTENTION_FIELDS)
 # Outside the model section, what the weights were fitted to: the input normalisation.
 INPUT_FIELDS = ("data.mean", "data.std")
 # Fields (or sections, ending in '.') that may change when a training resumes:
@@ -26,7 +28,7 @@ INPUT_FIELDS = ("data.mean", "data.std")
 RESUMABLE = ("train.num_steps", "train.log_every", "train.checkpoint_every",
              "train.keep_checkpoints", "train.async_checkpoints", "train.logdir",
              "train.eval_every", "train.eval_videos", "train.eval_resolution", "train.microbatch",
-             "model.remat", "data.num_workers", "data.prefetch", "data.path",
+             "model.remat", *ATTENTION_FIELDS, "data.num_workers", "data.prefetch", "data.path",
              "data.tfds_data_dir", "eval.", "init.", "pretrain.", "predict.")
 # What the encoder pretraining stage reads (its resume and the reuse of its
 # export compare these alone): the encoder, the data and its own section.

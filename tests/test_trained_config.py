@@ -111,6 +111,19 @@ def test_fields_outside_the_model_do_not_stop_evaluation(params, tmp_path):
   assert (weights.source, weights.step) == ("checkpoint", 4)
 
 
+def test_weights_trained_under_one_attention_implementation_evaluate_and_resume_under_another(
+    params, tmp_path):
+  _save(tmp_path, _config(), _weights(params, 4))
+  config = _changed(_config(), "model.vit.attention", "xla")  # e.g. trained with cuDNN on a GPU
+  config.model.vit.attention_pad, config.model.vit.attention_block = 32, 8
+  _, weights = predictor.trained_variables(config, str(tmp_path))
+  assert (weights.source, weights.step) == ("checkpoint", 4)
+  changes = checkpoint.check_resume(os.path.join(str(tmp_path), checkpoint.CHECKPOINT_DIR), config)
+  assert changes == [f"model.vit.{f}={getattr(_config().model.vit, f)!r} -> {v!r}"
+                     for f, v in (("attention", "xla"), ("attention_block", 8),
+                                  ("attention_pad", 32))]
+
+
 def test_eval_reads_the_newest_readable_weights_and_names_them(params, tmp_path):
   config = _config()
   for step in (4, 6):

@@ -220,3 +220,33 @@ def test_cudnn_attention_off_a_gpu_is_refused_in_one_line():
   with pytest.raises(ValueError) as error:
     jax.eval_shape(_tiny_vit("cudnn", jnp.bfloat16).init, jax.random.PRNGKey(0), images)
   assert str(error.value) == "model.vit.attention='cudnn' needs a GPU backend, this one is 'cpu'"
+
+
+def test_query_blocked_attention_is_the_softmax_attention_rows_and_gradients():
+  # 13 queries in blocks of at most 4: 4 blocks of 8 rows (a multiple of 8), 19 padded rows.
+  q, k, v = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 3, 13, 8))  # (B, H, L, C) each
+  logits = jnp.einsum("bhlc,bhmc->bhlm", q, k) / np.sqrt(8)
+  want = jnp.einsum("bhlm,bhmc->bhlc", jax.nn.softmax(logits, axis=-1), v)
+  for block in (1, 4, 12):
+    got = jax.jit(vit.query_blocked_attention, static_argnums=(3, 4))(q, k, v, jnp.float32, block)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=str(block))
+
+  def loss(q, k, v, blocked):
+    out = (vit.query_blocked_attention(q, k, v, jnp.float32, 4) if blocked
+           else vit.einsum_attention(q, k, v, jnp.float32))
+    return jnp.sum(jnp.sin(out))
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+  for got, want_grad in zip(grad(q, k, v, True), grad(q, k, v, False)):
+    np.testing.assert_allclose(got, want_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_block_leaves_the_vit_outputs_unchanged():
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 20, 28, 3))  # 36 tokens
+  whole = vit.VisionTransformer(patch_size=4, dim=16, depth=2, num_heads=2, pretrain_grid=4)
+  variables = jax.jit(whole.init)(jax.random.PRNGKey(1), images)
+  want = jax.jit(whole.apply)(variables, images)
+  got = jax.jit(whole.clone(attention_block=10).apply)(variables, images)  # 4 blocks of 16
+  for name in ("tokens", "keys", "prenorm_tokens", "cls"):
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)

@@ -238,7 +238,8 @@ def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
         mlp_ratio=v.mlp_ratio, qkv_bias=v.qkv_bias, pretrain_grid=v.pretrain_grid,
         layer_norm_eps=v.layer_norm_eps, drop_path_rate=v.drop_path_rate, remat=m.remat,
         dtype=dtype, layer_scale=v.layer_scale, num_registers=v.num_registers,
-        attention=v.attention, attention_pad=v.attention_pad)
+        attention=v.attention, attention_pad=v.attention_pad,
+        attention_block=v.attention_block)
   if m.encoder == "resnet":
     r = m.resnet
     return resnet.ResNetEncoder(stage_blocks=tuple(r.stage_blocks),
