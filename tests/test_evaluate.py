@@ -518,3 +518,11 @@ def test_scorer_takes_eval_max_proposals():
     scores_lib.score_discovery(video, proposals, ("jf_discovery",), "video")
   j, _ = scores_lib.score_discovery(video, proposals, ("jf_discovery",), "video", 300)["jf_discovery"]
   assert j.shape == (1, 2)
+
+
+def test_the_untrained_model_is_a_trainings_step_zero_bit_for_bit():
+  config = tiny.get_config()
+  _, _, state, _ = state_lib.build(config, sharding.make_mesh())
+  variables, weights = predictor.untrained_variables(config)
+  assert (weights.source, weights.step) == ("init", 0)
+  jax.tree.map(np.testing.assert_array_equal, variables["params"], jax.device_get(state.params))

@@ -17,6 +17,7 @@ scores.py, what is written in writers.py; this file is the loop.
 
 import collections
 import contextlib
+import functools
 import os
 import time
 
@@ -28,8 +29,8 @@ from smtc_jax.data import synthetic
 from smtc_jax.evaluation import davis, pose, readers, score_cache, scores, writers
 from smtc_jax.evaluation.predictor import (Predictor, paper_inference_config,
                                            propagate_keypoints, propagate_masks,
-                                           trained_variables, untrained_variables,
-                                           uses_paper_inference)
+                                           UNTRAINED, trained_variables,
+                                           untrained_variables, uses_paper_inference)
 
 EVAL_DIR = "eval"
 TASKS = {
@@ -197,8 +198,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, timer=untimed) -> 
     paper = (Predictor(paper_inference_config(config))
              if e.paper_inference and not uses_paper_inference(config)
              and any(t in tasks for t in scores.DISCOVERY_TASKS) else None)
-    methods = {"trained": trained_variables(config, workdir),
-               "untrained": untrained_variables(config)}
+    # The untrained model is initialised when a video first needs it (none when
+    # eval.reuse_untrained finds every video's scores).
+    untrained = functools.cache(lambda: untrained_variables(config)[0])
+    trained, trained_weights = trained_variables(config, workdir)
+    methods = {"trained": (lambda: trained, trained_weights),
+               "untrained": (untrained, UNTRAINED)}
   console.say(f"evaluating {e.params} of {methods['trained'][1].describe()}")
   out_dir = os.path.join(workdir, EVAL_DIR, e.benchmark)
   rows = ("trained", *([PAPER_METHOD] if paper else []), "untrained", "trivial")
@@ -209,11 +214,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, timer=untimed) -> 
   for index, name in enumerate(names):
     with timer("reading videos"):
       video = load(name)
-    for method, (variables, _) in methods.items():
+    for method, (variables_of, _) in methods.items():
       if method == "untrained" and cache and (values := cache.get(video)) is not None:
         tables[method].add(name, values)
         reused += 1
         continue
+      with timer(f"{method}: weights"):
+        variables = variables_of()
       values, predictions = evaluate_method(
           predictor, variables, video, tasks, paper if method == "trained" else None,
           timer=lambda stage, method=method: timer(f"{method}: {stage}"))
