@@ -239,7 +239,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
                              mirror=run_logs.mirror_for(config, workdir))
   console.say(f"pretraining the encoder from step {int(state.step)} to {p.num_steps} "
               f"(smtc_jax/pretrain.py); checkpoints in {manager.directory}")
-  stage = loop.Stage(p.num_steps, lambda _: step_fn,
+  stage = loop.Stage(p.num_steps, ((0, step_fn),),
                      functools.partial(progress_line, num_steps=p.num_steps),
                      mesh, manager, writer)
   state, _ = loop.run_loop(config, stage, state, data_iter)

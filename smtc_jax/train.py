@@ -60,7 +60,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               f"{jax.device_count()} device(s) ({microbatches} micro-batch(es) a step); a progress "
               f"line every {t.log_every} steps, "
               f"checkpoints every {t.checkpoint_every} in {manager.directory}")
-  stage = loop.Stage(t.num_steps, lambda step: steps[state_lib.encoder_frozen(config, step)],
+  stage = loop.Stage(t.num_steps, step_lib.step_schedule(config, steps),
                      functools.partial(progress_line, num_steps=t.num_steps),
                      mesh, manager, writer, discovery_monitor)
   _, scalars = loop.run_loop(config, stage, state, data_iter)

@@ -78,7 +78,7 @@ def test_reference_config_selects_the_authors_training_recipe():
   assert o.learning_rate / config.data.batch_size == pytest.approx(2e-5 / 128)
   assert config.train.num_steps == 10000
   # train.py: encoder groups at lr x 0 for 3000 steps, then x 0.01.
-  assert state_lib.encoder_frozen(config, 2999) and not state_lib.encoder_frozen(config, 3000)
+  assert state_lib.encoder_trained_from(config) == 3000
   ratio = state_lib.encoder_learning_rate(config)(3000) / state_lib.learning_rate(config)(3000)
   assert float(ratio) == pytest.approx(0.01)
   assert config.train.ema_scope == "non_encoder" and config.model.vit.drop_path_rate == 0.1

@@ -234,7 +234,7 @@ def test_a_non_finite_state_is_never_checkpointed_and_the_error_names_the_last_g
   manager = checkpoint.make_manager(str(tmp_path), config)
   writer, watch = loop.MetricWriter(str(tmp_path)), preemption.Watch()
   with pytest.raises(FloatingPointError) as error:
-    stage = loop.Stage(config.train.num_steps, lambda _: step, lambda *_: "", sharding.make_mesh(),
+    stage = loop.Stage(config.train.num_steps, ((0, step),), lambda *_: "", sharding.make_mesh(),
                        manager, writer)
     loop.train_loop(config, stage, state, data_iter, watch)
   watch.close()

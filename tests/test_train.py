@@ -16,6 +16,7 @@ from configs import gpu, tiny, tpu_v4
 from smtc_jax import checkpoint, sharding, train
 from smtc_jax.evaluation import monitor
 from smtc_jax.models import smtc
+from smtc_jax.training import loop
 from smtc_jax.training import state as state_lib
 from smtc_jax.training import step as step_lib
 from tests import benchmark_layouts as layouts
@@ -82,7 +83,12 @@ def test_code_ema_scope_keeps_the_teachers_encoder_at_init(config):
 def test_frozen_encoder_step_gives_the_same_losses_and_head_update(config):
   config.optim.grad_iter = 5  # encoder lr is 0 at step 0
   mesh, state, steps = _setup(config)
-  assert state_lib.encoder_frozen(config, 0) and not state_lib.encoder_frozen(config, 5)
+  stage = loop.Stage(10, step_lib.step_schedule(config, steps), None, None, None, None)
+  assert [stage.step_fn(k) is steps[True] for k in (0, 4, 5, 9)] == [True, True, False, False]
+  never = config.copy_and_resolve_references()
+  never.optim.encoder_lr_mult = 0.0  # an encoder never trained: the frozen step throughout
+  stage = loop.Stage(10, step_lib.step_schedule(never, steps), None, None, None, None)
+  assert all(stage.step_fn(k) is steps[True] for k in (0, 5, 9))
   batch = _batch(config, 2)
   copy = jax.tree.map(jnp.copy, state)
   frozen, m_frozen = steps[True](state, sharding.global_batch(batch, mesh))

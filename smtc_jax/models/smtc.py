@@ -310,6 +310,24 @@ def model_variables(params, batch_stats):
   return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
+def draw_inputs(model: SMTC, config: ml_collections.ConfigDict, rng, batch: int,
+                num_frames: int):
+  """((instance_noise, partner), drop-path key): what the model draws for `batch`
+  clips from one key (model_rngs' streams; SMTC.random_inputs), drawn ahead so
+  that micro-batches can share them out."""
+  rngs = model_rngs(rng)
+  inputs = model.apply({}, batch, num_frames, feature_dim(config), rngs=rngs,
+                       method=SMTC.random_inputs)
+  return inputs, rngs[RNG_DROP_PATH]
+
+
+def apply_on_frames(model: SMTC, config: ml_collections.ConfigDict, params, batch_stats,
+                    frames, **kwargs):
+  """model.apply on uint8 (B, T, H, W, 3) frames: normalised, with the
+  BatchNorm statistics if any; kwargs go to SMTC.__call__ (and `rngs`)."""
+  return model.apply(model_variables(params, batch_stats), normalize(frames, config), **kwargs)
+
+
 def init_variables(config: ml_collections.ConfigDict, model: SMTC, rng):
   """(variables, rng left for the train state): the model initialised on a
   dummy clip of the configured size, as a run's step 0 before init.checkpoint."""

@@ -125,19 +125,23 @@ def check_finite(step: int, scalars: dict[str, float], state, last_saved: int | 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """What the loop runs and where it reports: `num_steps` steps,
-  `step_fn(step)` the jitted step for a step index,
+  """What the loop runs and where it reports: `num_steps` steps, `steps`
+  ((first step, jitted step), ...) in order, each run from its first step on,
   `progress(done, scalars, steps_per_sec)` its console line, the mesh the
   batches are put on, the checkpoint manager, the MetricWriter, and an optional
   `monitor` (evaluation.monitor.TrainingMonitor) whose figures and overlay go
   to TensorBoard and the console every train.eval_every steps."""
   num_steps: int
-  step_fn: Callable[[int], Callable]
+  steps: tuple[tuple[int, Callable], ...]
   progress: Callable[..., str]
   mesh: Any
   manager: Any
   writer: MetricWriter
   monitor: Callable | None = None
+
+  def step_fn(self, step: int) -> Callable:
+    """The jitted step that runs at `step`: the last one begun by then."""
+    return [fn for first, fn in self.steps if first <= step][-1]
 
 
 def run_loop(config, stage: Stage, state, data_iter):

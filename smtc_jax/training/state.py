@@ -58,9 +58,15 @@ def encoder_learning_rate(config: ml_collections.ConfigDict):
   return lambda step: jnp.where(step < o.grad_iter, 0.0, o.encoder_lr_mult) * base(step)
 
 
-def encoder_frozen(config, step: int) -> bool:
-  """Frozen while grad_iter lasts or whenever the encoder's lr is zero."""
-  return step < config.optim.grad_iter or config.optim.encoder_lr_mult == 0.0
+def learning_rates(config: ml_collections.ConfigDict, step) -> dict[str, jax.Array]:
+  """{'lr', 'lr_encoder'}: both schedules at `step`, the step's metrics."""
+  return {"lr": learning_rate(config)(step), "lr_encoder": encoder_learning_rate(config)(step)}
+
+
+def encoder_trained_from(config) -> int | None:
+  """The first step that trains the encoder: after optim.grad_iter frozen steps,
+  or none (None) while the encoder's lr is zero."""
+  return None if config.optim.encoder_lr_mult == 0.0 else config.optim.grad_iter
 
 
 def decay_mask(params):

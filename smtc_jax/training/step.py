@@ -76,20 +76,20 @@ def loss_and_grads(state: state_lib.TrainState, batch, *, config, model, freeze_
   rng = jax.random.fold_in(state.rng, state.step)
   student_rng, teacher_rng = jax.random.split(rng)
   b, t = batch["student"].shape[:2]
-  draw = lambda r: model.apply({}, b, t, smtc.feature_dim(config), rngs=smtc.model_rngs(r),
-                               method=smtc.SMTC.random_inputs)
-  views = {"student": (batch["student"], draw(student_rng)),
-           "teacher": (batch["teacher"], draw(teacher_rng))}
+  student_inputs, drop_path = smtc.draw_inputs(model, config, student_rng, b, t)
+  teacher_inputs, _ = smtc.draw_inputs(model, config, teacher_rng, b, t)
+  views = {"student": (batch["student"], student_inputs),
+           "teacher": (batch["teacher"], teacher_inputs)}
   views = split_microbatches(views, microbatches, data_shards)
-  drop_path = smtc.model_rngs(student_rng)[smtc.RNG_DROP_PATH]
   views["drop_path"] = jax.random.split(drop_path, microbatches)
 
   def forward(params, view, drop_path_key=None):
     frames, (noise, partner) = view
     train = drop_path_key is not None
-    return model.apply(smtc.model_variables(params, state.batch_stats),
-                       smtc.normalize(frames, config), instance_noise=noise, partner=partner,
-                       train=train, rngs={smtc.RNG_DROP_PATH: drop_path_key} if train else None)
+    return smtc.apply_on_frames(
+        model, config, params, state.batch_stats, frames, instance_noise=noise,
+        partner=partner, train=train,
+        rngs={smtc.RNG_DROP_PATH: drop_path_key} if train else None)
 
   obj_count = None
   if microbatches > 1 and config.loss.obj_weight:
@@ -141,9 +141,7 @@ def train_step(state: state_lib.TrainState, batch, *, config, model, optimizer,
       "loss": total, "loss_sem": terms["sem"], "loss_reg": terms["reg"],
       "loss_obj": terms["obj"], "loss_cycle": terms["cycle"], "valid_fraction": terms["valid"],
       "semantic_top_share": terms["top_share"], "teacher_centred": terms["centred"],
-      "grad_norm": optax.global_norm(grads),
-      "lr": state_lib.learning_rate(config)(state.step),
-      "lr_encoder": state_lib.encoder_learning_rate(config)(state.step),
+      "grad_norm": optax.global_norm(grads), **state_lib.learning_rates(config, state.step),
   }
   fired = state.teacher_centre_fired | (terms["centred"] > 0)
   return new_state.replace(teacher_centre_fired=fired), metrics
@@ -170,3 +168,11 @@ def compile_train_steps(config, model, optimizer, mesh, state_sharding):
         mesh, state_sharding)
 
   return {True: jitted(True), False: jitted(False)}
+
+
+def step_schedule(config, steps) -> tuple[tuple[int, object], ...]:
+  """((first step, jitted step), ...) of compile_train_steps' `steps`: the
+  frozen-encoder step from step 0, the trained-encoder one from
+  state.encoder_trained_from on (the loop runs the last one begun)."""
+  trained_from = state_lib.encoder_trained_from(config)
+  return ((0, steps[True]),) + (() if trained_from is None else ((trained_from, steps[False]),))
