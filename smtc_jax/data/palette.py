@@ -39,6 +39,12 @@ def write_palette_png(path: str, labels: np.ndarray) -> None:
   image.save(path)
 
 
+def write_palette_frames(folder: str, labels) -> None:
+  """(F, H, W) labels as folder/00000.png, 00001.png, ... (DAVIS's numbering)."""
+  for t, frame in enumerate(labels):
+    write_palette_png(os.path.join(folder, f"{t:05d}.png"), frame)
+
+
 def read_palette_png(path: str) -> np.ndarray:
   """(H, W) uint8 label indices of a palette PNG (not its colours)."""
   try:

@@ -211,7 +211,8 @@ def named_frames(video, indices) -> list[tuple[str, np.ndarray]]:
   frames = video["frames"]
   if isinstance(frames, np.ndarray):
     return [(f"{video['name']} frame {i}", frames[i]) for i in indices]
-  return [(frames[i], sources.load_frame(frames[i])) for i in indices]
+  paths = [frames[i] for i in indices]
+  return list(zip(paths, sources.load_frames(paths)))
 
 
 class SampleClip(grain.transforms.RandomMap):

@@ -53,8 +53,12 @@ def frames_and_others(folder: str) -> tuple[list[str], list[str]]:
   return frames, [p for p in paths if not p.lower().endswith(IMAGE_EXTENSIONS)]
 
 
-def load_frame(path: str) -> np.ndarray:
-  """(H, W, 3) uint8 RGB; an unreadable file is an error that names it."""
+def load_frames(paths) -> list[np.ndarray]:
+  """Each path's (H, W, 3) uint8 RGB frame; an unreadable file is an error that names it."""
+  return [_load_frame(path) for path in paths]
+
+
+def _load_frame(path: str) -> np.ndarray:
   try:
     with Image.open(path) as image:
       return np.asarray(image.convert("RGB"))

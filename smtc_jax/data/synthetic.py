@@ -165,8 +165,8 @@ def write_davis_frames(root: str, name: str, frames, labels, annotation_dirs=(AN
     image_path = os.path.join(root, IMAGE_DIR, name, f"{f:05d}.jpg")
     os.makedirs(os.path.dirname(image_path), exist_ok=True)
     Image.fromarray(frames[f]).save(image_path, quality=quality)
-    for folder in annotation_dirs:
-      palette.write_palette_png(os.path.join(root, folder, name, f"{f:05d}.png"), labels[f])
+  for folder in annotation_dirs:
+    palette.write_palette_frames(os.path.join(root, folder, name), labels)
 
 
 def _write_video(root: str, name: str, frames, labels, objects, kind: str = "shapes") -> None:

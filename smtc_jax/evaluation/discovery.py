@@ -135,9 +135,13 @@ def link_instances(objects: np.ndarray) -> np.ndarray:
 
 
 def upsampled_argmax(maps, size: tuple[int, int]) -> np.ndarray:
-  """Argmax over channels of (h, w, C) maps bilinearly resized to size (H, W)."""
-  big = jax.image.resize(jnp.asarray(maps), (*size, maps.shape[-1]), "bilinear")
-  return np.asarray(jnp.argmax(big, axis=-1))
+  """(F, H, W) argmax over channels of (F, h, w, C) maps bilinearly resized to
+  size (H, W), one frame at a time (a 480p frame of 20 channels is ~100 MB)."""
+  def frame(m):
+    return np.asarray(jnp.argmax(jax.image.resize(jnp.asarray(m), (*size, m.shape[-1]),
+                                                  "bilinear"), axis=-1))
+
+  return np.stack([frame(m) for m in maps])
 
 
 def border_background(ids: np.ndarray, ratio: float) -> np.ndarray:
@@ -340,10 +344,8 @@ def discover(outputs: dict, num_frames: int, image_size: tuple[int, int], grid: 
     masks = take(np.asarray(outputs["object_masks"]))  # (C, T, N, P, L)
     masks = masks.reshape(c * t, n * p, *grid).transpose(0, 2, 3, 1)  # (C*T, h, w, N*P)
     candidate = take(kept).reshape(c * t, n * p)
-  # Upsample one frame at a time: a 480p frame of N*P masks is ~100 MB.
-  winner = np.stack([upsampled_argmax(m, image_size) for m in masks])  # (C*T, H, W)
-  semantic_map = winner if first_stage_only else np.stack(
-      [upsampled_argmax(m, image_size) for m in semantic])
+  winner = upsampled_argmax(masks, image_size)  # (C*T, H, W)
+  semantic_map = winner if first_stage_only else upsampled_argmax(semantic, image_size)
   is_candidate = np.take_along_axis(candidate[:, None, None, :], winner[..., None], -1)[..., 0]
   ids = np.where(is_candidate, winner + 1, 0)[:num_frames]
   if background == "border":

@@ -195,13 +195,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, timer=untimed) -> 
     root, names, load = benchmark_data(config, workdir)
     predictor = Predictor(config)
     # The paper's inference from the same forward passes, where ours differs from it.
-    paper = (Predictor(paper_inference_config(config))
+    paper = (Predictor(paper_inference_config(config), predictor.model)
              if e.paper_inference and not uses_paper_inference(config)
              and any(t in tasks for t in scores.DISCOVERY_TASKS) else None)
     # The untrained model is initialised when a video first needs it (none when
     # eval.reuse_untrained finds every video's scores).
-    untrained = functools.cache(lambda: untrained_variables(config)[0])
-    trained, trained_weights = trained_variables(config, workdir)
+    untrained = functools.cache(lambda: untrained_variables(config, predictor.model)[0])
+    trained, trained_weights = trained_variables(config, workdir, predictor.model)
     methods = {"trained": (lambda: trained, trained_weights),
                "untrained": (untrained, UNTRAINED)}
   console.say(f"evaluating {e.params} of {methods['trained'][1].describe()}")

@@ -56,13 +56,14 @@ def _export_step(tree) -> int | None:
   return int(tree["step"]) if "step" in tree else None
 
 
-def trained_variables(config: ml_collections.ConfigDict, workdir: str):
+def trained_variables(config: ml_collections.ConfigDict, workdir: str, model=None):
   """(variables, Weights) of the workdir's newest readable trained weights: the
   newest checkpoint that reads back or WORKDIR/export, whichever has the later
   step (the export on a tie: the same weights). An export without a step
   (converted from PyTorch) counts as older than any checkpoint. Weights trained
   under other model fields than `config`'s are refused (run_config.ConfigMismatch)
-  before they are read. eval.params picks student or teacher."""
+  before they are read. eval.params picks student or teacher. `model`: the
+  config's model if already built."""
   if config.eval.params not in EVALUATED_PARAMS:
     raise ValueError(f"eval.params must be one of {EVALUATED_PARAMS}, got {config.eval.params!r}")
   export_dir = os.path.join(workdir, checkpoint.EXPORT_DIR)
@@ -70,7 +71,7 @@ def trained_variables(config: ml_collections.ConfigDict, workdir: str):
   export_step = None if export is None else _export_step(export)
   tree = None
   if checkpoint.latest_step(workdir) is not None:
-    model = smtc.build_model(config)
+    model = model or smtc.build_model(config)
     # Only checkpoints newer than the export count; if none of those reads back, the export.
     tree = checkpoint.latest_weights(
         workdir, smtc.abstract_variables(config, model), config,
@@ -98,12 +99,12 @@ def trained_variables(config: ml_collections.ConfigDict, workdir: str):
 UNTRAINED = Weights("init", 0)
 
 
-def untrained_variables(config: ml_collections.ConfigDict):
+def untrained_variables(config: ml_collections.ConfigDict, model=None):
   """(variables, Weights) of the model at random initialisation, those of a
   training's step 0 (same seed, jitted as training jits it: 3x faster than
   eager and the same bits; a run with init.checkpoint starts from those
-  weights instead)."""
-  init = functools.partial(smtc.init_variables, config, smtc.build_model(config))
+  weights instead). `model`: the config's model if already built."""
+  init = functools.partial(smtc.init_variables, config, model or smtc.build_model(config))
   variables, _ = jax.jit(init)(jax.random.PRNGKey(config.seed))
   return variables, UNTRAINED
 
@@ -112,11 +113,13 @@ class Predictor:
   """Model forward for evaluation: clips -> outputs and proposals, frames ->
   encoder features (eval.prop_features)."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, model=None):
+    """`model`: the config's model if already built (another Predictor's)."""
     self.config = config
-    self.model = smtc.build_model(config)
+    self.model = model or smtc.build_model(config)
+    self.stride = smtc.encoder_stride(config)
     self.size = tuple(config.eval.discovery_resolution or config.data.resolution)
-    self.grid = tuple(r // smtc.encoder_stride(config) for r in self.size)
+    self.grid = tuple(r // self.stride for r in self.size)
     self.candidates = discovery.Candidates.from_config(config)
     self.tracking = discovery.Tracking.from_config(config)
     features = config.eval.prop_features
@@ -157,8 +160,7 @@ class Predictor:
     """Frames for label propagation keep their resolution (or are scaled so their
     short side is eval.prop_short_side), cut down to multiples of the encoder
     stride (the CRW protocol)."""
-    stride = smtc.encoder_stride(self.config)
-    short = self.config.eval.prop_short_side
+    short, stride = self.config.eval.prop_short_side, self.stride
     scale = short / min(image_size) if short else 1.0
     return tuple(max(stride, int(round(s * scale)) // stride * stride) for s in image_size)
 

@@ -110,4 +110,4 @@ def one_hot_on_grid(label_map: np.ndarray, num_labels: int, grid: tuple[int, int
 def upsample_labels(labels, size: tuple[int, int]) -> np.ndarray:
   """(F, h, w, C) distributions -> (F, H, W) argmax labels at image size, one
   frame at a time (a 480p video of 20 channels would be GBs at once)."""
-  return np.stack([discovery.upsampled_argmax(frame, size) for frame in labels]).astype(np.uint8)
+  return discovery.upsampled_argmax(labels, size).astype(np.uint8)

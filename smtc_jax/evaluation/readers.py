@@ -57,7 +57,7 @@ def _frames(folder: str) -> tuple[list[str], np.ndarray]:
   paths = sources.list_frames(folder)
   if not paths:
     raise FileNotFoundError(f"no frame in {folder}")
-  frames = davis.stack_same_size([sources.load_frame(p) for p in paths], paths)
+  frames = davis.stack_same_size(sources.load_frames(paths), paths)
   return [os.path.splitext(os.path.basename(p))[0] for p in paths], frames
 
 

@@ -54,8 +54,7 @@ def write_predictions(out_dir: str, video, predictions: dict, overlay: bool) -> 
   numbered from 00000), keypoints as keypoints/<video>.npz (xy, visible), and
   the overlay strip."""
   for kind in ("discovery", "propagation"):
-    for t, labels in enumerate(predictions.get(kind, ())):
-      palette.write_palette_png(os.path.join(out_dir, kind, video.name, f"{t:05d}.png"), labels)
+    palette.write_palette_frames(os.path.join(out_dir, kind, video.name), predictions.get(kind, ()))
   if "keypoints" in predictions:
     os.makedirs(os.path.join(out_dir, "keypoints"), exist_ok=True)
     xy, visible = predictions["keypoints"]
