@@ -18,15 +18,9 @@ from smtc_jax.data import photo_videos, video_io
 from smtc_jax.data import pipeline
 from smtc_jax.data import sources
 from smtc_jax.data import synthetic
-from smtc_jax.evaluation import davis, discovery, evaluate, monitor, readers, scores
+from smtc_jax.evaluation import davis, discovery, evaluate, monitor, predictor, readers, scores
 from smtc_jax.models import resnet, slot_attention, smtc, vit
 from smtc_jax.training import state as state_lib
-
-# The values of the options the evaluation reads (each other option's values
-# are declared beside the code that reads it).
-MATCHINGS = ("video", "frame")  # eval.unsupervised_matching
-EVAL_PARAMS = ("params", "ema_params")  # eval.params
-
 
 class ConfigError(ValueError):
   """A config that cannot run; its message holds one line per problem."""
@@ -298,9 +292,9 @@ def check_eval(config, mode: str) -> list[str]:
   """Evaluation options; the benchmark's folder is required in eval mode only."""
   e = config.eval
   out = [*one_of(config, "eval.benchmark", tuple(evaluate.TASKS)),
-         *one_of(config, "eval.unsupervised_matching", MATCHINGS),
+         *one_of(config, "eval.unsupervised_matching", davis.MATCHINGS),
          *one_of(config, "eval.protocol", scores.PROTOCOLS),
-         *one_of(config, "eval.params", EVAL_PARAMS),
+         *one_of(config, "eval.params", predictor.EVALUATED_PARAMS),
          *one_of(config, "eval.candidates", discovery.CANDIDATE_RULES),
          *one_of(config, "eval.background", discovery.BACKGROUND_RULES),
          *one_of(config, "eval.tracks", discovery.TRACK_RULES),

@@ -35,6 +35,9 @@ DECAY_BINS = 4
 # Unsupervised per-object rows: the k-th matched pair in proposal order (the
 # official tool) or ground-truth object k.
 ROW_ORDERS = ("proposal", "object")
+# Unsupervised assignment of proposals to objects (eval.unsupervised_matching,
+# --matching): once per video (the official tool) or per frame (the authors' copy).
+MATCHINGS = ("video", "frame")
 
 
 # ---------------------------------------------------------------------------
@@ -248,7 +251,7 @@ def _unsupervised(gt, void, proposal, count: int, matching: str, row_order: str)
       rows, cols = _assign(j[:, :, t], f[:, :, t], row_order)
       j_out[:, t], f_out[:, t] = j[rows, cols, t], f[rows, cols, t]
     return j_out, f_out
-  raise ValueError(f"matching must be 'video' or 'frame', got {matching!r}")
+  raise ValueError(f"matching must be one of {MATCHINGS}, got {matching!r}")
 
 
 AUTHORS_THRESHOLD = 0.3  # their results.py load_davis: a candidate min-max normalised, > 0.3
@@ -459,7 +462,7 @@ def main(argv=None) -> int:
   parser.add_argument("--results_path", required=True)
   parser.add_argument("--task", required=True, choices=["semi-supervised", "unsupervised"])
   parser.add_argument("--set", default="val", dest="image_set")
-  parser.add_argument("--matching", default="video", choices=["video", "frame"],
+  parser.add_argument("--matching", default="video", choices=list(MATCHINGS),
                       help="unsupervised assignment: once per video (official) or per frame "
                            "(the SMTC authors' repository; not comparable with the leaderboard)")
   parser.add_argument("--row_order", default="proposal", choices=list(ROW_ORDERS),
