@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 
 from smtc_jax import console
 from smtc_jax import run_config
+from smtc_jax import run_logs
 
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "export"
@@ -27,13 +28,8 @@ UNREADABLE = "unreadable"  # suffix of a checkpoint folder set aside: <step>.unr
 DELETING = "deleting"
 
 
-def is_remote(path: str) -> bool:
-  """gs://... and other URLs: written by Orbax (tensorstore), never by os calls."""
-  return "://" in path
-
-
 def _resolve(path: str) -> str:
-  return path if is_remote(path) else os.path.abspath(path)
+  return path if run_logs.is_remote(path) else os.path.abspath(path)
 
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -50,7 +46,7 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Checkpo
 def _remove_deleted(directory) -> None:
   """Remove the old checkpoints moved to DELETING (process 0; on gs:// Orbax
   deletes in place and there is no such folder)."""
-  if not is_remote(str(directory)) and jax.process_index() == 0:
+  if not run_logs.is_remote(str(directory)) and jax.process_index() == 0:
     shutil.rmtree(os.path.join(directory, DELETING), ignore_errors=True)
 
 
@@ -276,7 +272,7 @@ def export_params(state, directory: str, config=None) -> str:
 def latest_step(workdir: str) -> int | None:
   """The step of the workdir's latest checkpoint, None without one."""
   directory = _resolve(os.path.join(workdir, CHECKPOINT_DIR))
-  if not is_remote(directory) and not os.path.isdir(directory):
+  if not run_logs.is_remote(directory) and not os.path.isdir(directory):
     return None
   manager = ocp.CheckpointManager(directory)
   step = manager.latest_step()
@@ -321,7 +317,7 @@ def export_params_tree(tree, directory: str, config=None) -> str:
   `config` (a ConfigDict or its stored dict), the config the weights were
   trained under, goes with it (stored_config)."""
   directory = _resolve(directory)
-  if not is_remote(directory) and os.path.exists(directory):
+  if not run_logs.is_remote(directory) and os.path.exists(directory):
     raise FileExistsError(f"{directory} exists; remove it or export elsewhere")
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory, tree, custom_metadata=_config_metadata(config))
@@ -332,7 +328,7 @@ def export_params_tree(tree, directory: str, config=None) -> str:
 def load_params(directory: str) -> dict:
   """The params tree of an export / converted checkpoint, as numpy arrays."""
   directory = _resolve(directory)
-  if not is_remote(directory) and not os.path.isdir(directory):
+  if not run_logs.is_remote(directory) and not os.path.isdir(directory):
     raise FileNotFoundError(f"params checkpoint {directory} does not exist")
   tree = ocp.StandardCheckpointer().restore(directory)
   return jax.tree.map(np.asarray, tree)

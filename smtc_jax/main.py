@@ -86,7 +86,7 @@ def main(argv):
     from smtc_jax import xla_cpu
     xla_cpu.use_inference_flags()
   import jax
-  from smtc_jax import checkpoint, console, preemption, run_logs, sharding, workdir_lock
+  from smtc_jax import console, preemption, run_logs, sharding, workdir_lock
   # pylint: enable=g-import-not-at-top
   console.start(verbose=FLAGS.alsologtostderr or FLAGS.logtostderr)
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -94,7 +94,7 @@ def main(argv):
   lock = None  # held while this process lives
   try:  # the first writes: a folder the checks passed may still refuse them (a read-only disk)
     if mode in ("train", "pretrain") and jax.process_index() == 0:
-      lock = workdir_lock.acquire(logdir if checkpoint.is_remote(workdir) else workdir)
+      lock = workdir_lock.acquire(logdir if run_logs.is_remote(workdir) else workdir)
     mirror = run_logs.mirror_for(config, workdir)  # a gs:// workdir: logs copied into it
     if mirror:  # a resume on a fresh host appends to the bucket's metrics and log
       mirror.pull(([run_logs.METRICS] if jax.process_index() == 0 else []) +

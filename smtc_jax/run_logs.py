@@ -36,7 +36,8 @@ _CONFIGS = re.compile(r"^config(\.\d+)?\.json$")  # config.json and later runs' 
 
 
 def is_remote(path: str) -> bool:
-  """gs://... and other URLs."""
+  """gs://... and other URLs: written through Orbax (tensorstore) or gcsfs, never
+  by os calls."""
   return "://" in path
 
 
