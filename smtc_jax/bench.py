@@ -301,17 +301,20 @@ def write_davis_video(root: str, name: str, frames: np.ndarray, labels: np.ndarr
     f.write(f"{os.path.abspath(images)} {os.path.abspath(annotations)}\n")
 
 
-def bench_propagate(config) -> dict:
-  """Label propagation (and object discovery) on a random 480p-sized video with
-  the configured model at initialisation: frames/s and peak memory."""
+def bench_propagate(config, *, frames: int, davis_out: str = "") -> dict:
+  """Label propagation (and object discovery) on a random 480p-sized video of
+  `frames` frames with the configured model at initialisation: frames/s and
+  peak memory. `davis_out`: also write the video there in DAVIS's layout (for
+  the authors' scripts)."""
+  num_frames = frames
   from smtc_jax.evaluation import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
-  frames = rng.integers(0, 256, (FLAGS.frames, 480, 854, 3), dtype=np.uint8)
-  labels = np.zeros((FLAGS.frames, 480, 854), np.uint8)
+  frames = rng.integers(0, 256, (num_frames, 480, 854, 3), dtype=np.uint8)
+  labels = np.zeros((num_frames, 480, 854), np.uint8)
   labels[:, 100:300, 200:500] = 1
   labels[:, 250:400, 550:800] = 2
-  if FLAGS.davis_out:
-    write_davis_video(FLAGS.davis_out, "bench", frames, labels)
+  if davis_out:
+    write_davis_video(davis_out, "bench", frames, labels)
   predictor = predictor_lib.Predictor(config)
   variables, _ = predictor_lib.untrained_variables(config)
   start = time.perf_counter()
@@ -330,10 +333,10 @@ def bench_propagate(config) -> dict:
   candidates_s = time.perf_counter() - start
   discover_s = clips_s + proposals_s
   memory, memory_kind = peak_memory_bytes()
-  return {"bench": "propagate", "frames": FLAGS.frames, "size": "854x480",
+  return {"bench": "propagate", "frames": num_frames, "size": "854x480",
           "feature_grid": list(predictor.feature_size((480, 854))),
-          "propagate_s": propagate_s, "propagate_frames_per_s": FLAGS.frames / propagate_s,
-          "discover_s": discover_s, "discover_frames_per_s": FLAGS.frames / discover_s,
+          "propagate_s": propagate_s, "propagate_frames_per_s": num_frames / propagate_s,
+          "discover_s": discover_s, "discover_frames_per_s": num_frames / discover_s,
           "discover_model_s": clips_s, "discover_proposals_s": proposals_s,
           "discover_authors_protocol_s": clips_s + candidates_s,
           "peak_memory_bytes": memory, "memory_kind": memory_kind}
@@ -425,7 +428,8 @@ def main(argv):
           top_ops=FLAGS.top_ops, matmul_size=FLAGS.matmul_size),
       "data": lambda config: bench_data(config, workdir=FLAGS.workdir, steps=FLAGS.steps,
                                         warmup=FLAGS.warmup),
-      "propagate": bench_propagate,
+      "propagate": lambda config: bench_propagate(config, frames=FLAGS.frames,
+                                                  davis_out=FLAGS.davis_out),
       "davis": lambda _: bench_davis(frames=FLAGS.frames, objects=FLAGS.objects,
                                      reference_metrics=FLAGS.reference_metrics),
       "eval": lambda config: bench_eval(config, FLAGS.workdir)}
