@@ -374,6 +374,6 @@ def load_init_params(state, directory: str, scope: str):
     _check_same_shapes("params", state.params, params, directory)
     place = _put_like
   else:
-    raise ValueError(f"init.scope must be 'encoder' or 'all', got {scope!r}")
+    raise ValueError(f"init.scope must be one of {INIT_SCOPES}, got {scope!r}")
   logging.info("initialised %s parameters from %s", scope, directory)
   return state.replace(params=place(state.params, params), ema_params=place(state.ema_params, params))

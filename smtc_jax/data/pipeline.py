@@ -308,7 +308,7 @@ def make_source(config: ml_collections.ConfigDict, workdir: str):
   if d.source == "tfds":
     return sources.TfdsVideoSource(d.tfds_name, d.split, d.tfds_data_dir or None, d.num_frames,
                                    d.tfds_frames_key)
-  raise ValueError(f"data.source must be 'synthetic', 'frames' or 'tfds', got {d.source!r}")
+  raise ValueError(f"data.source must be one of {SOURCES}, got {d.source!r}")
 
 
 def local_batch_size(global_batch: int, process_count: int) -> int:

@@ -39,7 +39,7 @@ def layout_for(name: str, split: str) -> VideoFolderLayout:
                              os.path.join("ImageSets", "2017", f"{split}.txt"))
   if name == "youtube_vos":
     return VideoFolderLayout(os.path.join(split, "JPEGImages"), None)
-  raise ValueError(f"data.layout must be 'davis' or 'youtube_vos', got {name!r}")
+  raise ValueError(f"data.layout must be one of {LAYOUTS}, got {name!r}")
 
 
 def list_frames(folder: str) -> list[str]:

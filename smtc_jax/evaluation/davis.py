@@ -38,6 +38,7 @@ ROW_ORDERS = ("proposal", "object")
 # Unsupervised assignment of proposals to objects (eval.unsupervised_matching,
 # --matching): once per video (the official tool) or per frame (the authors' copy).
 MATCHINGS = ("video", "frame")
+DAVIS_TASKS = ("semi-supervised", "unsupervised")  # the tool's --task
 
 
 # ---------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def evaluate_sequence(gt_labels, res_labels, task: str, matching: str = "video",
     f = np.stack([f_measures(gt[i], res[i]) for i in range(num_objects)])
     return j, f
   if task != "unsupervised":
-    raise ValueError(f"task must be 'semi-supervised' or 'unsupervised', got {task!r}")
+    raise ValueError(f"task must be one of {DAVIS_TASKS}, got {task!r}")
   if num_res > max_proposals:
     raise ValueError(f"result has {num_res} proposals, more than the {max_proposals} allowed")
   return _unsupervised(gt, void, lambda k: res[k], num_res, matching, row_order)
@@ -460,7 +461,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--davis_path", required=True)
   parser.add_argument("--results_path", required=True)
-  parser.add_argument("--task", required=True, choices=["semi-supervised", "unsupervised"])
+  parser.add_argument("--task", required=True, choices=list(DAVIS_TASKS))
   parser.add_argument("--set", default="val", dest="image_set")
   parser.add_argument("--matching", default="video", choices=list(MATCHINGS),
                       help="unsupervised assignment: once per video (official) or per frame "

@@ -66,7 +66,7 @@ def binarize_semantic_masks(semantic_logits, threshold_on: str, tau: float):
   elif threshold_on == "logit":
     scores = semantic_logits
   else:
-    raise ValueError(f"model.mask_threshold_on must be 'prob' or 'logit', got {threshold_on!r}")
+    raise ValueError(f"model.mask_threshold_on must be one of {MASK_THRESHOLDS}, got {threshold_on!r}")
   return jax.lax.stop_gradient((scores > tau).astype(jnp.float32))
 
 
@@ -94,11 +94,11 @@ class SemanticAwareSlotAttention(nn.Module):
 
   def setup_checks(self):
     if self.slot_update not in SLOT_UPDATES:
-      raise ValueError(f"model.slot_update must be 'gru' or 'residual', got {self.slot_update!r}")
+      raise ValueError(f"model.slot_update must be one of {SLOT_UPDATES}, got {self.slot_update!r}")
     if self.stages not in STAGES:
-      raise ValueError(f"model.stages must be 'both', 'semantic' or 'instance', got {self.stages!r}")
+      raise ValueError(f"model.stages must be one of {STAGES}, got {self.stages!r}")
     if self.sample_grad not in SAMPLE_GRADS:
-      raise ValueError(f"model.sample_grad must be 'reparam' or 'none', got {self.sample_grad!r}")
+      raise ValueError(f"model.sample_grad must be one of {SAMPLE_GRADS}, got {self.sample_grad!r}")
 
   @nn.compact
   def __call__(self, inputs, instance_noise):

@@ -55,7 +55,7 @@ def partner_indices(rng, batch: int, num_frames: int, mode: str):
       return jnp.zeros((batch, 1), jnp.int32)
     offset = jax.random.randint(rng, (batch, num_frames), 1, num_frames)
     return (t[None] + offset) % num_frames
-  raise ValueError(f"model.corr_partner must be 'random' or 'previous', got {mode!r}")
+  raise ValueError(f"model.corr_partner must be one of {CORR_PARTNERS}, got {mode!r}")
 
 
 def check_features(name: str, encoder: nn.Module, field: str) -> str:
@@ -156,7 +156,7 @@ class SMTC(nn.Module):
     elif self.correlation == "global":
       corr = jnp.einsum("btld,btgd->btlg", tokens, partner_feats)  # C_tj, (B, T, L, G)
     else:
-      raise ValueError(f"model.correlation must be 'global' or 'local', got {self.correlation!r}")
+      raise ValueError(f"model.correlation must be one of {CORRELATIONS}, got {self.correlation!r}")
     return nn.Dense(d, dtype=self.dtype, name="h_c")(corr)  # linear over the last axis
 
   def feature_head(self, tokens):
@@ -165,7 +165,7 @@ class SMTC(nn.Module):
       return nn.Dense(tokens.shape[-1], dtype=self.dtype, name="h_f")(tokens)
     if self.fusion == "reference":
       return tokens
-    raise ValueError(f"model.fusion must be 'paper' or 'reference', got {self.fusion!r}")
+    raise ValueError(f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
 
   def fuse(self, feats, partner):
     """Slot-attention input (Table 6): R_t = h_f(F_t) + h_c(C_tj) (eq. 3), or one
@@ -179,7 +179,7 @@ class SMTC(nn.Module):
       return self.feature_head(tokens)
     if self.slot_input == "correlation":
       return self.correlation_head(tokens, feats, partner)
-    raise ValueError(f"model.slot_input must be 'fused', 'rgb' or 'correlation', got {self.slot_input!r}")
+    raise ValueError(f"model.slot_input must be one of {SLOT_INPUTS}, got {self.slot_input!r}")
 
   def random_partner(self, batch: int, num_frames: int):
     """Partner frame j of every (clip, frame t): (B, T), from the 'partner' stream."""
@@ -245,7 +245,7 @@ def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
     return resnet.ResNetEncoder(stage_blocks=tuple(r.stage_blocks),
                                 stage_strides=tuple(r.stage_strides),
                                 feature_stage=r.feature_stage, dtype=dtype)
-  raise ValueError(f"model.encoder must be 'vit' or 'resnet', got {m.encoder!r}")
+  raise ValueError(f"model.encoder must be one of {ENCODERS}, got {m.encoder!r}")
 
 
 def encoder_stride(config: ml_collections.ConfigDict) -> int:
