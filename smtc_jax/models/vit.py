@@ -146,14 +146,18 @@ def padded_attention(q, k, v, implementation: str, multiple: int, pad_value: flo
   return out[:, :l].transpose(0, 2, 1, 3)
 
 
-def einsum_attention(q, k, v, dtype):
-  """softmax(q k^T / sqrt(C)) v on (B, H, L, C) inputs by the ViT's own einsums,
-  the normalisation after the value matmul: the same function as jax.nn.softmax
-  (the max shift cancels), with a cheaper backward pass."""
-  logits = jnp.einsum("bhlc,bhmc->bhlm", q * q.shape[-1]**-0.5, k).astype(jnp.float32)
+def softmax_weighted(logits, weigh, dtype):
+  """weigh(softmax(logits)) with the normalisation after `weigh` (the value
+  matmul, (..., L) weights -> (..., C)): the same function as jax.nn.softmax
+  first (the max shift cancels), with a cheaper backward pass."""
   weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
-  out = jnp.einsum("bhlm,bhmc->bhlc", weights.astype(dtype), v)
-  return out / jnp.sum(weights, axis=-1)[..., None].astype(dtype)  # (B, H, L, C)
+  return weigh(weights.astype(dtype)) / jnp.sum(weights, axis=-1)[..., None].astype(dtype)
+
+
+def einsum_attention(q, k, v, dtype):
+  """softmax(q k^T / sqrt(C)) v on (B, H, L, C) inputs by the ViT's own einsums."""
+  logits = jnp.einsum("bhlc,bhmc->bhlm", q * q.shape[-1]**-0.5, k).astype(jnp.float32)
+  return softmax_weighted(logits, lambda w: jnp.einsum("bhlm,bhmc->bhlc", w, v), dtype)
 
 
 def query_blocked_attention(q, k, v, dtype, block: int):
@@ -173,9 +177,7 @@ def query_blocked_attention(q, k, v, dtype, block: int):
 
   def attend(queries):  # (BH, rows, C)
     logits = jax.lax.dot_general(queries * c**-0.5, keys_t, batched).astype(jnp.float32)
-    weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
-    out = jax.lax.dot_general(weights.astype(dtype), values, batched)
-    return out / jnp.sum(weights, axis=-1)[..., None].astype(dtype)
+    return softmax_weighted(logits, lambda w: jax.lax.dot_general(w, values, batched), dtype)
 
   padded = jnp.pad(q.reshape(b * h, l, c), ((0, 0), (0, num_blocks * rows - l), (0, 0)))
   out = jax.lax.map(attend, jnp.moveaxis(padded.reshape(b * h, num_blocks, rows, c), 1, 0))
@@ -186,8 +188,9 @@ class Attention(nn.Module):
   """Multi-head self-attention; also returns the keys, heads concatenated.
   `attention` picks the implementation (ATTENTION_IMPLEMENTATIONS): "einsum" is
   the module's own, over `attention_block` query rows at a time when the tokens
-  are more (0: all at once; query_blocked_attention); "xla" and "cudnn" call jax.nn.dot_product_attention with the
-  tokens padded to a multiple of `attention_pad` and masked (`padded_attention`).
+  are more (0: all at once; query_blocked_attention); "xla" and "cudnn" call
+  jax.nn.dot_product_attention with the tokens padded to a multiple of
+  `attention_pad` and masked (`padded_attention`).
   All three hold the same parameters."""
   num_heads: int
   qkv_bias: bool = True
@@ -300,7 +303,8 @@ class VisionTransformer(nn.Module):
   drop_path_rate * i / (depth - 1) (DINO's stochastic depth decay rule; rng
   stream 'drop_path'). DINOv2's ViTs set `layer_scale` and, with registers,
   `num_registers` (see the module doc). `attention`, `attention_pad` and
-  `attention_block` pick the attention's implementation (Attention), not its function or parameters."""
+  `attention_block` pick the attention's implementation (Attention), not its
+  function or parameters."""
   patch_size: int = 16
   dim: int = 384
   depth: int = 12
