@@ -125,10 +125,11 @@ class Predictor:
     features = config.eval.prop_features
     smtc.check_features(features, self.model.encoder, "eval.prop_features")
     rngs = smtc.model_rngs(jax.random.PRNGKey(config.seed))
-    self._apply = jax.jit(lambda variables, clip: self.model.apply(
-        variables, smtc.normalize(clip, config), rngs=rngs))
-    self._encode = jax.jit(lambda variables, clip: self.model.apply(
-        variables, smtc.normalize(clip, config), features=features, method=smtc.SMTC.encode))
+    on_frames = lambda variables, clip, **kwargs: smtc.apply_on_frames(
+        self.model, config, variables["params"], variables.get("batch_stats"), clip, **kwargs)
+    self._apply = jax.jit(lambda variables, clip: on_frames(variables, clip, rngs=rngs))
+    self._encode = jax.jit(lambda variables, clip: on_frames(
+        variables, clip, features=features, method=smtc.SMTC.encode))
 
   def clips(self, variables, frames):
     """Model outputs of the video's consecutive clips at the discovery size
