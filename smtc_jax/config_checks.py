@@ -22,6 +22,7 @@ from smtc_jax.evaluation import davis, discovery, evaluate, monitor, predictor, 
 from smtc_jax.models import resnet, slot_attention, smtc, vit
 from smtc_jax.training import state as state_lib
 
+
 class ConfigError(ValueError):
   """A config that cannot run; its message holds one line per problem."""
 

@@ -66,7 +66,8 @@ def binarize_semantic_masks(semantic_logits, threshold_on: str, tau: float):
   elif threshold_on == "logit":
     scores = semantic_logits
   else:
-    raise ValueError(f"model.mask_threshold_on must be one of {MASK_THRESHOLDS}, got {threshold_on!r}")
+    raise ValueError(f"model.mask_threshold_on must be one of {MASK_THRESHOLDS}, "
+                     f"got {threshold_on!r}")
   return jax.lax.stop_gradient((scores > tau).astype(jnp.float32))
 
 
